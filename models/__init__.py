@@ -1,0 +1,1 @@
+"""Model definitions and the feature schema shared by training and serving."""

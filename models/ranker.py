@@ -1,0 +1,91 @@
+"""Neural ranker (DCN-v2 style) with the item-side tables inside the graph.
+
+Exported graph I/O (names fixed at export; FP16/INT8 variants keep float32 I/O):
+    item_ids        int64   [R]     candidates of every request in the batch, concatenated
+    user_features   float32 [B, D]  one row per request (see models.features)
+    candidate_ends  int32   [B]     cumulative candidate counts per request, e.g. [3, 8]
+                                    (Triton's BATCH_ACCUMULATED_ELEMENT_COUNT convention)
+    scores          float32 [R]     one score per candidate, same order as item_ids
+A candidate's score depends only on its own request's row, so a batched result equals the same
+request scored alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.features import FeatureSpec, ItemTables
+
+INPUT_NAMES = ["item_ids", "user_features", "candidate_ends"]
+OUTPUT_NAMES = ["scores"]
+
+
+class CrossLayer(nn.Module):
+    """x_{l+1} = x0 * (W x_l + b) + x_l"""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.linear(x) + x
+
+
+class Ranker(nn.Module):
+    item_vectors: torch.Tensor
+    item_scalars: torch.Tensor
+    item_genres: torch.Tensor
+    feature_mean: torch.Tensor
+    feature_scale: torch.Tensor
+
+    def __init__(self, spec: FeatureSpec, tables: ItemTables, width: int = 128, n_cross: int = 2) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("item_vectors", torch.from_numpy(tables.vectors))
+        self.register_buffer("item_scalars", torch.from_numpy(tables.scalars))
+        self.register_buffer("item_genres", torch.from_numpy(tables.genres))
+        d, g = spec.retrieval_dim, spec.n_genres
+        n_in = (
+            d + 1 + 3 + g + g + 2 + 2
+        )  # u*v, dot, item scalars, item genres, user genres, affinity+|dy|, user scalars
+        # Fixed standardization of the features (set from training data by ``fit_normalizer``): keeps
+        # every input on one scale, which INT8 activation quantization needs.
+        self.register_buffer("feature_mean", torch.zeros(n_in))
+        self.register_buffer("feature_scale", torch.ones(n_in))
+        self.stem = nn.Sequential(nn.Linear(n_in, width), nn.ReLU())
+        self.cross = nn.ModuleList(CrossLayer(width) for _ in range(n_cross))
+        self.deep = nn.Sequential(nn.Linear(width, width // 2), nn.ReLU(), nn.Linear(width // 2, 1))
+
+    def features(self, item_ids: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        """item_ids int64 [R], user_rows float32 [R, D] (each candidate's user row) -> [R, n_in]"""
+        d, g = self.spec.retrieval_dim, self.spec.n_genres
+        u, ug, us = user_rows[:, :d], user_rows[:, d : d + g], user_rows[:, d + g :]
+        v = self.item_vectors[item_ids]
+        ig = self.item_genres[item_ids]
+        isc = self.item_scalars[item_ids]
+        uv = u * v
+        dot = uv.sum(1, keepdim=True)
+        affinity = (ug * ig).sum(1, keepdim=True) / ig.sum(1, keepdim=True).clamp(min=1.0)
+        dyear = (isc[:, 1:2] - us[:, 1:2]).abs()
+        return torch.cat([uv, dot, isc, ig, ug, affinity, dyear, us], dim=1)
+
+    @torch.no_grad()
+    def fit_normalizer(self, item_ids: torch.Tensor, user_rows: torch.Tensor) -> None:
+        x = self.features(item_ids, user_rows)
+        self.feature_mean.copy_(x.mean(0))
+        self.feature_scale.copy_(1.0 / x.std(0).clamp(min=0.1))
+
+    def score_rows(self, item_ids: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        x0 = self.stem((self.features(item_ids, user_rows) - self.feature_mean) * self.feature_scale)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.deep(x).squeeze(1)
+
+    def forward(
+        self, item_ids: torch.Tensor, user_features: torch.Tensor, candidate_ends: torch.Tensor
+    ) -> torch.Tensor:
+        positions = torch.arange(item_ids.shape[0], device=item_ids.device)
+        rows = (positions.unsqueeze(1) >= candidate_ends.to(torch.int64).unsqueeze(0)).sum(1)
+        return self.score_rows(item_ids, user_features[rows])

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Lint, type-check and run every test (unit + integration against the real tritonserver).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+ruff check .
+ruff format --check .
+mypy
+python -m pytest -W ignore::DeprecationWarning "$@"

@@ -1,0 +1,306 @@
+"""training/triton_repo.py renders configs Triton can parse, with the right fields, deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runners.triton_model import RequestError, merge, split, validate_request
+from training.triton_repo import MODEL_PY, VARIANTS, render_triton
+
+D, N = 24, 1000
+TOP_LEVEL_ORDER = [
+    "name",
+    "backend",
+    "platform",
+    "max_batch_size",
+    "input",
+    "batch_input",
+    "output",
+    "batch_output",
+    "dynamic_batching",
+    "instance_group",
+    "optimization",
+    "parameters",
+]
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    """A stored-model directory; the renderer only copies the ONNX bytes, so stand-in bytes do."""
+    d = tmp_path / "stored"
+    d.mkdir()
+    for v in VARIANTS:
+        (d / f"ranker_{v}.onnx").write_bytes(f"onnx bytes of {v}".encode())
+    (d / "ranker.json").write_text(json.dumps({"user_feature_dim": D, "n_items": N, "version": "x"}))
+    return d
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def top_level_keys(text: str) -> list[str]:
+    keys = []
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line[0] not in "}]":
+            keys.append(line.split(":")[0].split(" ")[0].split("{")[0])
+    return keys
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_configs_parse_and_follow_tutorial_order(model_dir: Path, tmp_path: Path, target: str) -> None:
+    out = tmp_path / "repo"
+    dirs = render_triton(model_dir, out, target=target)
+    assert [d.name for d in dirs] == ["ranker_int8", "ranker_fp16", "ranker_fp32"]
+    for d in dirs:
+        cfg = parse(d / "config.pbtxt")
+        assert cfg.name == d.name
+        keys = top_level_keys((d / "config.pbtxt").read_text())
+        blocks = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]  # repeated `parameters`
+        assert blocks == [k for k in TOP_LEVEL_ORDER if k in blocks], blocks
+        assert {"name", "max_batch_size", "input", "output", "dynamic_batching", "instance_group"} <= set(
+            blocks
+        )
+
+
+def test_cpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    render_triton(model_dir, out, target="cpu", max_batch_size=32, max_queue_delay_us=700, instances=2)
+    for v in VARIANTS:
+        cfg = parse(out / f"ranker_{v}" / "config.pbtxt")
+        assert cfg.backend == "python" and cfg.platform == ""
+        assert cfg.max_batch_size == 32
+        item_ids, user = cfg.input
+        assert (item_ids.name, item_ids.data_type, list(item_ids.dims)) == ("item_ids", mc.TYPE_INT64, [-1])
+        assert item_ids.allow_ragged_batch
+        assert (user.name, user.data_type, list(user.dims)) == ("user_features", mc.TYPE_FP32, [D])
+        assert not user.allow_ragged_batch
+        (scores,) = cfg.output
+        assert (scores.name, scores.data_type, list(scores.dims)) == ("scores", mc.TYPE_FP32, [-1])
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 700
+        (group,) = cfg.instance_group
+        assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 2
+        params = {k: p.string_value for k, p in cfg.parameters.items()}
+        assert params["intra_op_num_threads"] == "1" and params["n_items"] == str(N)
+        assert params["variant"] == v
+        assert not cfg.batch_input and not cfg.batch_output and not cfg.HasField("optimization")
+        version = out / f"ranker_{v}" / "1"
+        assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.py"]
+        assert (version / "model.onnx").read_bytes() == f"onnx bytes of {v}".encode()
+        assert (version / "model.py").read_bytes() == MODEL_PY.read_bytes()
+
+
+def test_gpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    render_triton(
+        model_dir, out, target="gpu", max_batch_size=16, max_candidates=300, preferred_batch_sizes=(8, 16)
+    )
+    for v, precision in zip(VARIANTS, ["INT8", "FP16", "FP32"], strict=True):
+        cfg = parse(out / f"ranker_{v}" / "config.pbtxt")
+        assert cfg.platform == "onnxruntime_onnx" and cfg.backend == ""
+        assert cfg.max_batch_size == 16
+        assert cfg.input[0].name == "item_ids" and cfg.input[0].allow_ragged_batch
+        (batch_input,) = cfg.batch_input
+        assert batch_input.kind == mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT
+        assert list(batch_input.target_name) == ["candidate_ends"]
+        assert batch_input.data_type == mc.TYPE_INT32  # model_config.proto: TYPE_INT32 or TYPE_FP32
+        assert list(batch_input.source_input) == ["item_ids"]
+        (batch_output,) = cfg.batch_output
+        assert batch_output.kind == mc.BatchOutput.BATCH_SCATTER_WITH_INPUT_SHAPE
+        assert list(batch_output.target_name) == ["scores"] and list(batch_output.source_input) == [
+            "item_ids"
+        ]
+        assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
+        (group,) = cfg.instance_group
+        assert group.kind == mc.ModelInstanceGroup.KIND_GPU
+        (accel,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+        assert accel.name == "tensorrt"
+        assert accel.parameters["precision_mode"] == precision
+        assert (
+            accel.parameters["trt_profile_max_shapes"]
+            == f"item_ids:4800,user_features:16x{D},candidate_ends:16"
+        )
+        assert (
+            accel.parameters["trt_profile_min_shapes"] == f"item_ids:1,user_features:1x{D},candidate_ends:1"
+        )
+        version = out / f"ranker_{v}" / "1"
+        assert sorted(p.name for p in version.iterdir()) == ["model.onnx"]  # ORT backend: no model.py
+
+
+def test_rendering_is_deterministic(model_dir: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    render_triton(model_dir, a)
+    render_triton(model_dir, b)
+    first = tree_digest(a)
+    assert first == tree_digest(b)
+    render_triton(model_dir, a)  # re-render in place
+    assert tree_digest(a) == first
+    assert (a / "README.md").exists()
+
+
+def test_stale_version_dirs_are_removed_and_target_switch_is_clean(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    render_triton(model_dir, out, target="cpu")
+    (out / "ranker_int8" / "2").mkdir()
+    (out / "ranker_int8" / "2" / "model.onnx").write_bytes(b"old")
+    (out / "ranker_int8" / "notes").mkdir()  # not a version dir: not the renderer's to delete
+    render_triton(model_dir, out, target="gpu")
+    assert sorted(p.name for p in (out / "ranker_int8").iterdir()) == ["1", "config.pbtxt", "notes"]
+    assert not (out / "ranker_int8" / "1" / "model.py").exists()
+    render_triton(model_dir, out, target="cpu")
+    assert (out / "ranker_int8" / "1" / "model.py").exists()
+    assert parse(out / "ranker_int8" / "config.pbtxt").backend == "python"
+
+
+def test_missing_variant_or_metadata_is_an_error(model_dir: Path, tmp_path: Path) -> None:
+    (model_dir / "ranker_fp16.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="ranker_fp16"):
+        render_triton(model_dir, tmp_path / "repo")
+    (model_dir / "ranker.json").write_text(json.dumps({"n_items": 3}))
+    with pytest.raises(ValueError, match="user_feature_dim"):
+        render_triton(model_dir, tmp_path / "repo")
+
+
+def test_invalid_arguments(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="target"):
+        render_triton(model_dir, tmp_path / "repo", target="tpu")
+    with pytest.raises(ValueError, match="max_batch_size"):
+        render_triton(model_dir, tmp_path / "repo", max_batch_size=0)
+
+
+# The Python-backend model's pure helpers (runners/triton_model.py, importable without Triton).
+
+
+def test_merge_and_split_round_trip() -> None:
+    ids = [np.array([5, 6, 7]), np.array([1]), np.array([2, 3, 4, 8, 9])]
+    rows = [np.full((1, 4), k, dtype=np.float32) for k in range(3)]
+    item_ids, users, ends = merge(ids, rows)
+    assert item_ids.dtype == np.int64 and item_ids.tolist() == [5, 6, 7, 1, 2, 3, 4, 8, 9]
+    assert users.shape == (3, 4) and users[:, 0].tolist() == [0, 1, 2]
+    assert ends.dtype == np.int32 and ends.tolist() == [3, 4, 9]  # BATCH_ACCUMULATED_ELEMENT_COUNT
+    parts = split(item_ids.astype(np.float32) * 10, ends)
+    assert [p.tolist() for p in parts] == [[50, 60, 70], [10], [20, 30, 40, 80, 90]]
+    with pytest.raises(RuntimeError):
+        split(np.zeros(8, dtype=np.float32), ends)
+
+
+def test_validate_request() -> None:
+    user = np.zeros((1, 4), dtype=np.float32)
+    assert validate_request(np.array([[0, 9]]), user, 10).tolist() == [0, 9]
+    with pytest.raises(RequestError, match=r"\[0, 10\)"):
+        validate_request(np.array([[0, 10]]), user, 10)
+    with pytest.raises(RequestError, match=r"\[0, 10\)"):
+        validate_request(np.array([[-1]]), user, 10)
+    with pytest.raises(RequestError, match="one request"):
+        validate_request(np.zeros((2, 3), dtype=np.int64), np.zeros((2, 4), dtype=np.float32), 10)
+    assert validate_request(np.zeros((1, 0), dtype=np.int64), user, 10).size == 0
+
+
+class _FakeTensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _FakeError:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message: str, code: str = "INTERNAL") -> None:
+        self.message, self.code = message, code
+
+
+class _FakeResponse:
+    def __init__(
+        self, output_tensors: list[_FakeTensor] | None = None, error: _FakeError | None = None
+    ) -> None:
+        self.output_tensors, self.error = output_tensors or [], error
+
+
+class _FakeSession:
+    """Known answer: score = item id + 1000 * request row + user_features[row, 0]."""
+
+    def __init__(self, poison: int | None = None) -> None:
+        self.calls: list[dict[str, np.ndarray]] = []
+        self.poison = poison
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls.append(feeds)
+        ids, users, ends = feeds["item_ids"], feeds["user_features"], feeds["candidate_ends"]
+        if self.poison is not None and self.poison in ids:
+            raise RuntimeError("poisoned")
+        row = (np.arange(len(ids))[:, None] >= ends[None, :]).sum(1)
+        return [(ids + 1000 * row + users[row, 0]).astype(np.float32)]
+
+
+@pytest.fixture()
+def python_model(monkeypatch: pytest.MonkeyPatch):
+    """runners/triton_model.TritonPythonModel with a fake pb_utils and session (no Triton, no ORT)."""
+    from types import SimpleNamespace
+
+    import runners.triton_model as triton_model
+
+    fake = SimpleNamespace(
+        get_input_tensor_by_name=lambda request, name: request.get(name),
+        Tensor=_FakeTensor,
+        InferenceResponse=_FakeResponse,
+        TritonError=_FakeError,
+    )
+    monkeypatch.setattr(triton_model, "pb_utils", fake)
+    model = triton_model.TritonPythonModel()
+    model.model_name, model.n_items, model.session = "ranker_test", 100, _FakeSession()
+    return model
+
+
+def _request(ids: list[int], user0: float) -> dict[str, _FakeTensor]:
+    return {
+        "item_ids": _FakeTensor("item_ids", np.array([ids], dtype=np.int64)),
+        "user_features": _FakeTensor("user_features", np.array([[user0, 0.0]], dtype=np.float32)),
+    }
+
+
+def test_execute_merges_ragged_requests_into_one_run(python_model) -> None:
+    requests = [
+        _request([1, 2, 3], 0.5),
+        _request([99, 100], 0.0),  # out of range: its own INVALID_ARG error
+        _request([7], 0.25),
+        {"item_ids": _FakeTensor("item_ids", np.array([[1]], dtype=np.int64))},  # missing user_features
+        _request([], 0.0),  # no candidates: empty scores, not sent to the model
+        _request([4, 5, 6, 8, 9], 0.75),
+    ]
+    responses = python_model.execute(requests)
+    assert len(responses) == len(requests)
+    (call,) = python_model.session.calls  # ONE run for the whole batch
+    assert call["item_ids"].tolist() == [1, 2, 3, 7, 4, 5, 6, 8, 9]
+    assert call["candidate_ends"].tolist() == [3, 4, 9] and call["candidate_ends"].dtype == np.int32
+    scores = [r.output_tensors[0].array.tolist() if r.error is None else None for r in responses]
+    assert scores[0] == [[1.5, 2.5, 3.5]]
+    assert scores[2] == [[1007.25]]
+    assert scores[4] == [[]]
+    assert scores[5] == [[2004.75, 2005.75, 2006.75, 2008.75, 2009.75]]
+    assert responses[1].error.code == "INVALID_ARG" and "[0, 100)" in responses[1].error.message
+    assert responses[3].error.code == "INVALID_ARG" and "user_features" in responses[3].error.message
+
+
+def test_execute_isolates_a_request_the_model_fails_on(python_model) -> None:
+    python_model.session = _FakeSession(poison=42)
+    responses = python_model.execute([_request([1, 2], 0.0), _request([42], 0.0), _request([3], 0.0)])
+    assert responses[1].error is not None and "poisoned" in responses[1].error.message
+    assert responses[0].output_tensors[0].array.tolist() == [[1.0, 2.0]]
+    assert responses[2].output_tensors[0].array.tolist() == [[3.0]]  # scored alone: row 0

