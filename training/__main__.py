@@ -8,13 +8,12 @@ import logging
 import pickle
 import subprocess
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from models.retrieval import RetrievalConfig
 from training import store
-from training.artifacts import write_artifacts
+from training.artifacts import version_run
 from training.experiment import RunResult, TrainConfig, run
 from training.fetch import DATASETS, default_data_dir, fetch
 from training.loaders import load_dataset
@@ -61,43 +60,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run saved to {args.run_dir}")
 
 
-def _version(result: RunResult, args: argparse.Namespace) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        parity, index = write_artifacts(result, Path(tmp))
-        model = store.save(
-            Path(tmp),
-            labels={"dataset": result.dataset.name},
-            metadata={
-                "dataset": result.dataset.name,
-                "source": result.dataset.source,
-                "seed": result.seed,
-                "git_commit": _git_commit(),
-                "test": result.test,
-                "valid": result.valid,
-                "tuned": result.tuned,
-                "parity": parity.to_json(),
-                "index": index,
-                "seconds": result.seconds,
-                "n_items": len(result.dataset.catalog),
-                "n_users": result.dataset.interactions.n_users,
-            },
-        )
-    print(f"saved {model.tag}")
-    return str(model.tag)
+def _version(result: RunResult) -> str:
+    tag = str(version_run(result, _git_commit()).tag)
+    print(f"saved {tag}")
+    return tag
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export a trained run (ONNX FP32/FP16/INT8 with parity checks) and version it in the store."""
     with open(args.run_dir / "run.pkl", "rb") as f:
         result: RunResult = pickle.load(f)
-    _version(result, args)
+    _version(result)
 
 
 def cmd_main(args: argparse.Namespace) -> None:
     """The whole offline job: fetch, train, evaluate, export, version, promote, render Triton."""
     if args.dataset in DATASETS:
         fetch(args.dataset, args.data_dir)
-    tag = _version(_train(args), args)
+    tag = _version(_train(args))
     store.promote(tag)
     render_triton(Path(store.get(tag).path), args.out)
     print(f"promoted {tag}; Triton repository rendered in {args.out}")

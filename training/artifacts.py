@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import bentoml
 import faiss
 import numpy as np
 
+from training import store
 from training.dataset import Catalog
 from training.experiment import RunResult, interactions_matrix
 from training.export import Parity, check_parity, export_all
@@ -87,3 +90,28 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     )
     log.info("artifacts written to %s", out)
     return parity, report
+
+
+def version_run(run: RunResult, git_commit: str) -> bentoml.Model:
+    """Write the artifacts of ``run`` and save them as a new ``folio`` version (stage=candidate)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parity, index = write_artifacts(run, Path(tmp))
+        ds = run.dataset
+        return store.save(
+            Path(tmp),
+            labels={"dataset": ds.name},
+            metadata={
+                "dataset": ds.name,
+                "source": ds.source,
+                "seed": run.seed,
+                "git_commit": git_commit,
+                "test": run.test,
+                "valid": run.valid,
+                "tuned": run.tuned,
+                "parity": parity.to_json(),
+                "index": index,
+                "seconds": run.seconds,
+                "n_items": len(ds.catalog),
+                "n_users": ds.interactions.n_users,
+            },
+        )
