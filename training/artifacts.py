@@ -14,9 +14,10 @@ import numpy as np
 
 from training import store
 from training.dataset import Catalog
-from training.experiment import RunResult, interactions_matrix
+from training.experiment import RunResult
 from training.export import Parity, check_parity, export_all
 from training.index import build_index, index_report
+from training.protocol import user_item_matrix
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     )
     (out / "catalog.json").write_text(json.dumps(catalog_json(ds.catalog)))
     np.save(out / "popularity.npy", run.popularity.astype(np.float32))
-    hist = interactions_matrix(ds)
+    hist = user_item_matrix(ds.interactions, np.arange(len(ds.interactions)), len(ds.catalog))
     np.savez(
         out / "histories.npz",
         indptr=hist.indptr,

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-import scipy.sparse as sp
 
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
 from models.ranker import Ranker
@@ -175,14 +174,3 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
         ranker_train=fit,
         seconds=seconds,
     )
-
-
-def interactions_matrix(ds: Dataset) -> sp.csr_matrix:
-    """All interactions of the prepared dataset (serving histories)."""
-    inter = ds.interactions
-    m = sp.csr_matrix(
-        (np.ones(len(inter), dtype=np.float32), (inter.users, inter.items)),
-        shape=(inter.n_users, len(ds.catalog)),
-    )
-    m.data[:] = 1.0
-    return m
