@@ -78,8 +78,7 @@ def cmd_main(args: argparse.Namespace) -> None:
     if args.dataset in DATASETS:
         fetch(args.dataset, args.data_dir)
     tag = _version(_train(args))
-    store.promote(tag)
-    render_triton(Path(store.get(tag).path), args.out)
+    render_triton(Path(store.promote(tag).path), args.out)
     print(f"promoted {tag}; Triton repository rendered in {args.out}")
 
 
