@@ -91,6 +91,26 @@ def request_maker(meta: dict, rng: np.random.Generator) -> Callable[[int], tuple
     return make
 
 
+def settled_stats(server: TritonServer, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) once they stop moving.
+
+    Triton records statistics after the response has been sent, so a read right after the last
+    reply can miss it (CI once saw 97 where 96 requests were still being counted).
+    """
+    last: tuple[int, int] | None = None
+    deadline = time.monotonic() + TIMEOUT_S
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        while time.monotonic() < deadline:
+            stats = c.get_inference_statistics(model, as_json=True, client_timeout=TIMEOUT_S)
+            s = stats["model_stats"][0]
+            now = (int(s.get("inference_count", 0)), int(s.get("execution_count", 0)))
+            if now == last:
+                return now
+            last = now
+            time.sleep(0.2)
+    raise AssertionError(f"statistics of {model} did not settle within {TIMEOUT_S}s")
+
+
 def test_server_ready_with_all_variants(
     live_server: TritonServer, client: grpcclient.InferenceServerClient
 ) -> None:
@@ -133,8 +153,7 @@ def test_concurrent_ragged_requests_are_merged_and_split_back(
     make = request_maker(ranker_meta, rng)
     counts = rng.permutation(np.arange(1, n_threads * rounds + 1) * 5)  # distinct counts, 5..480
     work = [make(int(n)) for n in counts]
-    with grpcclient.InferenceServerClient(live_server.grpc_url) as stats_client:
-        before = stats_client.get_inference_statistics(model, as_json=True, client_timeout=TIMEOUT_S)
+    before = settled_stats(live_server, model)
 
     clients = [grpcclient.InferenceServerClient(live_server.grpc_url) for _ in range(n_threads)]
     try:
@@ -157,11 +176,9 @@ def test_concurrent_ragged_requests_are_merged_and_split_back(
         for c in clients:
             c.close()
 
-    with grpcclient.InferenceServerClient(live_server.grpc_url) as stats_client:
-        after = stats_client.get_inference_statistics(model, as_json=True, client_timeout=TIMEOUT_S)
-    b, a = before["model_stats"][0], after["model_stats"][0]
-    inferences = int(a.get("inference_count", 0)) - int(b.get("inference_count", 0))
-    executions = int(a.get("execution_count", 0)) - int(b.get("execution_count", 0))
+    after = settled_stats(live_server, model)
+    inferences = after[0] - before[0]
+    executions = after[1] - before[1]
     assert inferences == n_threads * rounds
     assert 0 < executions < inferences, (
         f"no dynamic batching: {executions} executions for {inferences} requests"
