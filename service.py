@@ -1,68 +1,170 @@
-"""Folio's BentoML entry service.
+"""Folio's BentoML entry service: the HTTP API, wiring the stages of runners/ together.
 
-This first cut serves what the offline pipeline versions: the model's identity and metrics (`/info`)
-and item-to-item neighbours from its FAISS index (`/similar`). Recommendation, ranking on Triton and
-state arrive with the serving issue.
+Start-up loads the served model version (``FOLIO_MODEL_TAG`` or the store's production version),
+opens the state store (Redis with ``FOLIO_REDIS_URL``, else in-process + a local journal) and the
+ranking stage (the embedded tritonserver, or ``FOLIO_TRITON_URL``). Endpoints only translate HTTP to
+``runners.recommender.Recommender`` calls and errors to 4xx/503 with a message saying what to fix.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-import faiss
-import numpy as np
-from pydantic import Field
+from starlette.responses import JSONResponse
 
-from training import store
+from runners import artifacts
+from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
+from runners.metrics import ranking_event
+from runners.ranking import RankingStage
+from runners.recommender import Recommender as Pipeline
+from runners.recommender import UnknownItem
+from runners.schemas import (
+    FeedbackBatch,
+    FeedbackEvent,
+    FeedbackResponse,
+    ForgetRequest,
+    ForgetResponse,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarRequest,
+    SimilarResponse,
+    TrendingRequest,
+    TrendingResponse,
+)
+from runners.settings import load_settings
+from runners.store import StateUnavailable, open_state
+
+log = logging.getLogger("runners.service")
+RUNTIME = Runtime()
 
 
-def serving_model() -> bentoml.Model:
-    """``FOLIO_MODEL_TAG`` if set, else the store's production version."""
-    tag = os.environ.get("FOLIO_MODEL_TAG")
-    model = store.get(tag) if tag else store.production()
-    if model is None:
-        raise store.StoreError(
-            "no production model in the store: run ./scripts/main.sh or set FOLIO_MODEL_TAG"
-        )
-    return model
+def problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": message, "request_id": REQUEST_ID.get()}, status_code=status, headers=headers
+    )
 
 
-@bentoml.service(traffic={"timeout": 10})
+@bentoml.service(
+    name="folio",
+    traffic={"timeout": 30},
+    workers=int(os.environ.get("FOLIO_WORKERS", "1")),
+)
 class Recommender:
     def __init__(self) -> None:
-        self.model = serving_model()
-        path = Path(self.model.path)
-        self.index = faiss.read_index(str(path / "items.faiss"))
-        self.catalog: list[dict[str, Any]] = json.loads((path / "catalog.json").read_text())
-        self.position = {item["item_id"]: i for i, item in enumerate(self.catalog)}
+        configure_logging()
+        self.settings = load_settings()
+        self.model = artifacts.load(artifacts.resolve(self.settings.model_tag))
+        work = self.settings.state_dir
+        self.state = open_state(
+            self.settings.redis_url,
+            work / "journal.jsonl",
+            max_history=self.settings.max_history,
+            half_life_s=self.settings.trending_half_life_s,
+        )
+        self.ranking = RankingStage(
+            self.model.path,
+            triton_url=self.settings.triton_url,
+            default_precision=self.settings.precision,
+            timeout_s=self.settings.triton_timeout_s,
+            breaker_failures=self.settings.breaker_failures,
+            breaker_reset_s=self.settings.breaker_reset_s,
+            work_dir=work / f"triton-{os.getpid()}",
+            on_event=ranking_event,
+        )
+        self.pipeline = Pipeline(self.settings, self.model, self.state, self.ranking)
+        RUNTIME.settings, RUNTIME.state = self.settings, self.state
+        RUNTIME.digests = [d.encode() for d in self.settings.api_keys]
+        log.info("serving %s (state: %s)", self.model.tag, self.state.kind)
+
+    @bentoml.on_startup
+    async def _start(self) -> None:
+        await self.ranking.start()
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        await self.ranking.close()
+        await self.state.close()
+
+    async def __is_ready__(self) -> bool:
+        return await self.ranking.ready()
+
+    @bentoml.api(output_spec=RecommendResponse)
+    async def recommend(self, request: RecommendRequest, /) -> Any:
+        """Top-k books for a user: retrieval, ranking on Triton, then seen-item, diversity and genre rules."""
+        return await self.pipeline.recommend(request, REQUEST_ID.get())
+
+    @bentoml.api(output_spec=SimilarResponse)
+    def similar(self, request: SimilarRequest, /) -> Any:
+        """Nearest books to a book in the retrieval space (FAISS)."""
+        try:
+            items = self.pipeline.similar(request.item_id, request.k)
+        except UnknownItem as exc:
+            return problem(404, str(exc))
+        return SimilarResponse(
+            item_id=request.item_id, items=items, model_version=self.model.tag, request_id=REQUEST_ID.get()
+        )
+
+    @bentoml.api(output_spec=TrendingResponse)
+    async def trending(self, request: TrendingRequest, /) -> Any:
+        """Popular books now: training popularity plus feedback, with time decay."""
+        items = await self.pipeline.trending(request.k, request.genre)
+        return TrendingResponse(items=items, model_version=self.model.tag, request_id=REQUEST_ID.get())
+
+    @bentoml.api(output_spec=FeedbackResponse)
+    async def feedback(self, request: FeedbackEvent, /) -> Any:
+        """One interaction; acknowledged only after a durable write. The next /recommend reflects it."""
+        return await self._record([request])
+
+    @bentoml.api(output_spec=FeedbackResponse, route="/feedback/batch")
+    async def feedback_batch(self, request: FeedbackBatch, /) -> Any:
+        """Up to 1,000 interactions, all or nothing."""
+        return await self._record(request.events)
+
+    async def _record(self, events: list[FeedbackEvent]) -> Any:
+        for user_id in sorted({e.user_id for e in events}):
+            wait = await self.pipeline.user_rate_limit(user_id)
+            if wait > 0:
+                return problem(
+                    429, f"too much feedback for user {user_id!r}", {"Retry-After": str(int(wait) + 1)}
+                )
+        try:
+            accepted = await self.pipeline.feedback(events)
+        except UnknownItem as exc:
+            return problem(404, str(exc))
+        except StateUnavailable:
+            return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
+        return FeedbackResponse(
+            accepted=accepted,
+            durable="redis" if self.state.kind == "redis" else "journal",
+            request_id=REQUEST_ID.get(),
+        )
+
+    @bentoml.api(output_spec=ForgetResponse)
+    async def forget(self, request: ForgetRequest, /) -> Any:
+        """Delete everything Folio holds about a user: history, cached results, rate limits, journal."""
+        try:
+            await self.pipeline.forget(request.user_id)
+        except StateUnavailable:
+            return problem(503, "the state store is unreachable: nothing was deleted, retry later")
+        return ForgetResponse(user_id=request.user_id, forgotten=True, request_id=REQUEST_ID.get())
 
     @bentoml.api
-    def info(self) -> dict[str, Any]:
-        meta = self.model.info.metadata
+    async def info(self) -> dict[str, Any]:
+        """The served version and its metrics, the ranker precision, Triton and state-store status."""
+        meta = self.model.metadata
         return {
-            "model_version": str(self.model.tag),
-            "stage": self.model.info.labels.get("stage"),
+            "model_version": self.model.tag,
             "dataset": meta.get("dataset"),
             "test": meta.get("test"),
             "parity": meta.get("parity"),
+            "precision": self.settings.precision,
+            "triton": self.ranking.state(),
+            "state": {"kind": self.state.kind, "reachable": await self.state.ping()},
+            "config_hash": self.settings.public_hash(),
         }
 
-    @bentoml.api
-    def similar(self, item_id: str, k: Annotated[int, Field(ge=1, le=100)] = 10) -> dict[str, Any]:
-        pos = self.position.get(item_id)
-        if pos is None:
-            raise bentoml.exceptions.NotFound(
-                f"unknown item_id {item_id!r}: not in the catalog of {self.model.tag}"
-            )
-        query = np.asarray(self.index.reconstruct(pos), dtype=np.float32)[None, :]
-        scores, ids = self.index.search(query, k + 1)
-        items = [
-            self.catalog[i] | {"score": float(s)}
-            for s, i in zip(scores[0], ids[0], strict=True)
-            if i != pos and i >= 0
-        ][:k]
-        return {"item_id": item_id, "items": items, "model_version": str(self.model.tag)}
+
+Recommender.add_asgi_middleware(GuardMiddleware, runtime=RUNTIME)  # type: ignore[attr-defined]

@@ -53,3 +53,11 @@ def artifacts_dir(trained: RunResult, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("artifacts")
     write_artifacts(trained, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def model_tag(trained: RunResult) -> str:
+    """The trained run saved as a version in the temporary model store."""
+    from training.artifacts import version_run
+
+    return str(version_run(trained, "test").tag)

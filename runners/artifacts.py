@@ -1,0 +1,99 @@
+"""The served model version, loaded from the BentoML model store into memory once per worker.
+
+A version (training/store.py ARTIFACTS) holds the retrieval weights, the FAISS index, the three ONNX
+rankers, the catalog, popularity and the training histories. Items are addressed by their internal
+index (0..n-1, the row in every table); ``position`` maps external item ids to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import faiss
+import numpy as np
+
+from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
+from models.retrieval import RetrievalWeights
+from training import store
+
+
+class ModelLoadError(RuntimeError):
+    """The stored version is missing an artifact or its parts disagree."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    tag: str
+    path: Path
+    metadata: dict[str, Any]
+    created: float  # unix seconds: when the version was saved
+    catalog: list[dict[str, Any]]
+    position: dict[str, int]
+    primary_genre: list[str]  # "" where an item has no genre
+    popularity: np.ndarray  # float32 [n_items], training interaction counts
+    weights: RetrievalWeights
+    index: faiss.Index
+    spec: FeatureSpec
+    tables: ItemTables
+    train_histories: dict[str, np.ndarray]  # user id -> item indices
+
+    @property
+    def n_items(self) -> int:
+        return len(self.catalog)
+
+
+def resolve(tag: str | None) -> bentoml.Model:
+    """``tag`` if given, else the store's production version."""
+    model = store.get(tag) if tag else store.production()
+    if model is None:
+        raise store.StoreError(
+            "no production model in the store: run ./scripts/main.sh or set FOLIO_MODEL_TAG"
+        )
+    return model
+
+
+def load(model: bentoml.Model) -> ServedModel:
+    path = Path(model.path)
+    missing = [a for a in store.ARTIFACTS if not (path / a).is_file()]
+    if missing:
+        raise ModelLoadError(f"{model.tag} lacks {', '.join(missing)}")
+    catalog: list[dict[str, Any]] = json.loads((path / "catalog.json").read_text())
+    ranker = json.loads((path / "ranker.json").read_text())
+    fs = ranker["feature_spec"]
+    spec = FeatureSpec(retrieval_dim=int(fs["retrieval_dim"]), genres=tuple(fs["genres"]))
+    weights = RetrievalWeights.load(str(path / "retrieval.npz"))
+    index = faiss.read_index(str(path / "items.faiss"))
+    popularity = np.load(path / "popularity.npy").astype(np.float32)
+    n = len(catalog)
+    if not (weights.item_vectors.shape[0] == index.ntotal == popularity.shape[0] == ranker["n_items"] == n):
+        raise ModelLoadError(
+            f"{model.tag}: item counts disagree (catalog {n}, vectors {weights.item_vectors.shape[0]}, "
+            f"index {index.ntotal}, popularity {popularity.shape[0]}, ranker {ranker['n_items']})"
+        )
+    if weights.dim != spec.retrieval_dim:
+        raise ModelLoadError(f"{model.tag}: retrieval dim {weights.dim} != ranker's {spec.retrieval_dim}")
+    years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], dtype=np.float32)
+    genres = genre_matrix([tuple(c["genres"]) for c in catalog], spec.genres)
+    tables = item_tables(weights.item_vectors, popularity, years, genres)
+    with np.load(path / "histories.npz") as h:
+        indptr, indices, users = h["indptr"], h["indices"], h["user_ids"]
+    histories = {str(u): indices[indptr[r] : indptr[r + 1]].astype(np.int64) for r, u in enumerate(users)}
+    return ServedModel(
+        tag=str(model.tag),
+        path=path,
+        metadata=dict(model.info.metadata),
+        created=model.info.creation_time.timestamp(),
+        catalog=catalog,
+        position={c["item_id"]: i for i, c in enumerate(catalog)},
+        primary_genre=[c["genres"][0] if c["genres"] else "" for c in catalog],
+        popularity=popularity,
+        weights=weights,
+        index=index,
+        spec=spec,
+        tables=tables,
+        train_histories=histories,
+    )

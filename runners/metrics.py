@@ -1,0 +1,80 @@
+"""Folio's Prometheus metrics (``folio_*``), registered through ``bentoml.metrics`` so they are
+exported on BentoML's own ``/metrics`` next to its request metrics, in every worker."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import bentoml
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+STAGE_SECONDS = bentoml.metrics.Histogram(
+    name="folio_stage_seconds",
+    documentation="Latency of one serving stage (cache, history, retrieval, ranking, rules, feedback)",
+    labelnames=["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+CACHE = bentoml.metrics.Counter(
+    name="folio_cache_lookups",
+    documentation="Result cache lookups by level and outcome",
+    labelnames=["level", "outcome"],
+)
+FALLBACKS = bentoml.metrics.Counter(
+    name="folio_ranking_fallbacks",
+    documentation="Recommendations served by a fallback",
+    labelnames=["fallback"],
+)
+COLD_STARTS = bentoml.metrics.Counter(name="folio_cold_starts", documentation="Cold-start recommendations")
+TRITON_ERRORS = bentoml.metrics.Counter(
+    name="folio_triton_errors", documentation="Failed or refused Triton calls"
+)
+TRITON_RESTARTS = bentoml.metrics.Counter(
+    name="folio_triton_restarts", documentation="Restarts of the embedded tritonserver"
+)
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="folio_ranking_candidates",
+    documentation="Candidates per ranking call",
+    buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
+)
+STATE_ERRORS = bentoml.metrics.Counter(
+    name="folio_state_unavailable",
+    documentation="Calls that found the state store (Redis) unreachable",
+    labelnames=["op"],
+)
+FEEDBACK_EVENTS = bentoml.metrics.Counter(
+    name="folio_feedback_events", documentation="Feedback events durably accepted", labelnames=["event"]
+)
+RATE_LIMITED = bentoml.metrics.Counter(name="folio_rate_limited", documentation="Requests refused with 429")
+AUTH_FAILURES = bentoml.metrics.Counter(name="folio_auth_failures", documentation="Requests refused with 401")
+
+
+# When set (a dict), `timed` also adds each stage's seconds to it: per-request breakdowns for scripts.
+STAGE_TRACE: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "folio_trace", default=None
+)
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        STAGE_SECONDS.labels(stage=stage).observe(seconds)
+        if (trace := STAGE_TRACE.get()) is not None:
+            trace[stage] = trace.get(stage, 0.0) + seconds
+
+
+def ranking_event(name: str, value: float) -> None:
+    """`RankingStage(on_event=...)`: Triton errors, restarts and latency as Prometheus metrics."""
+    if name == "triton_error":
+        TRITON_ERRORS.inc()
+    elif name == "restart":
+        TRITON_RESTARTS.inc()
+    elif name == "triton_latency_s":
+        STAGE_SECONDS.labels(stage="triton_call").observe(value)

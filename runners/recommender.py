@@ -1,0 +1,222 @@
+"""The request pipeline behind the endpoints: history -> cache -> retrieval -> ranking -> rules.
+
+One ``Recommender`` per worker wires the stages (all in-process: a hop between BentoML services costs
+more than the whole pipeline). The state store may be down: reads degrade (training history only,
+no cache), writes (feedback, forget) fail with ``StateUnavailable`` so nothing is acknowledged that
+was not durably written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from runners import rules
+from runners.artifacts import ServedModel
+from runners.cache import ResultCache
+from runners.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
+from runners.ranking import RankingStage
+from runners.retrieval import RetrievalStage
+from runners.schemas import FeedbackEvent, Item, RecommendRequest, RecommendResponse
+from runners.settings import Settings
+from runners.store import Event, StateStore, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+# How much one event adds to trending; a rating under POSITIVE_RATING is not a positive interaction.
+EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 2.0}
+POSITIVE_RATING = 3.0
+
+
+class UnknownItem(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class UserState:
+    history: np.ndarray  # int64 positives (training + feedback), oldest first, unique
+    seen: np.ndarray  # int64 every item the user interacted with
+    degraded: bool  # the state store was unreachable: training history only
+
+
+class Recommender:
+    def __init__(
+        self, settings: Settings, model: ServedModel, state: StateStore, ranking: RankingStage
+    ) -> None:
+        self.settings, self.model, self.state, self.ranking = settings, model, state, ranking
+        self.retrieval = RetrievalStage(model)
+        self.cache = ResultCache(state, model.tag, settings.l1_size, settings.cache_ttl_s)
+        self.trained_at = model.created
+
+    # ------------------------------------------------------------------ reads
+    def item(self, i: int, score: float, reason: str) -> Item:
+        c = self.model.catalog[i]
+        return Item(
+            item_id=c["item_id"],
+            title=c["title"],
+            authors=c.get("authors") or "",
+            genres=list(c["genres"]),
+            year=c.get("year"),
+            score=round(float(score), 6),
+            reason=reason,
+        )
+
+    def index_of(self, item_id: str) -> int:
+        pos = self.model.position.get(item_id)
+        if pos is None:
+            raise UnknownItem(f"unknown item_id {item_id!r}: not in the catalog of {self.model.tag}")
+        return pos
+
+    async def user_state(self, user_id: str) -> UserState:
+        with timed("history"):
+            try:
+                forgotten = await self.state.is_forgotten(user_id)
+                events = await self.state.history(user_id)
+                degraded = False
+            except StateUnavailable:
+                STATE_ERRORS.labels(op="history").inc()
+                forgotten, events, degraded = False, [], True
+            train = np.empty(0, np.int64) if forgotten else self.model.train_histories.get(user_id)
+            positives: list[int] = [] if train is None else train.tolist()
+            seen = list(positives)
+            for e in events:
+                pos = self.model.position.get(e.item_id)
+                if pos is None:  # an item of another model version
+                    continue
+                seen.append(pos)
+                if e.event != "rate" or e.value is None or e.value >= POSITIVE_RATING:
+                    positives.append(pos)
+            history = np.asarray(list(dict.fromkeys(positives)), dtype=np.int64)
+            return UserState(history, np.unique(np.asarray(seen, dtype=np.int64)), degraded)
+
+    async def trending_scores(self) -> np.ndarray:
+        """float32 [n_items]: training popularity decayed since training, plus decayed feedback."""
+        half_life = self.settings.trending_half_life_s
+        age = max(0.0, time.time() - self.trained_at)
+        scores = self.model.popularity * np.float32(2.0 ** (-age / half_life))
+        try:
+            fresh = await self.state.trending()
+        except StateUnavailable:
+            STATE_ERRORS.labels(op="trending").inc()
+            fresh = {}
+        for item_id, weight in fresh.items():
+            if (pos := self.model.position.get(item_id)) is not None:
+                scores[pos] += weight
+        return scores
+
+    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse:
+        precision = req.variant or self.settings.precision
+        params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision])
+        with timed("cache"):
+            generation = await self.cache.generation(req.user_id)
+            hit = await self.cache.get(req.user_id, generation, params)
+        if hit is not None:
+            body = json.loads(hit) | {"cached": True, "request_id": request_id}
+            return RecommendResponse.model_validate(body)
+        response = await self._compute(req, precision, request_id)
+        if response.fallback == "none":  # fallbacks are not cached: recovery shows at once
+            await self.cache.put(req.user_id, generation, params, response.model_dump_json())
+        return response
+
+    async def _compute(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
+        user = await self.user_state(req.user_id)
+        mask = rules.genre_mask(self.model, req.genres)
+        excluded = np.zeros(self.model.n_items, dtype=bool)
+        if req.exclude_seen:
+            excluded[user.seen] = True
+        if mask is not None:
+            excluded |= ~mask
+        cold = len(user.history) < self.settings.cold_start_threshold
+        fallback = "none"
+        if cold:
+            COLD_STARTS.inc()
+            with timed("retrieval"):
+                pref = rules.genre_preference(self.model, user.history, req.genres)
+                scores = rules.cold_start_scores(await self.trending_scores(), self.model, pref)
+                scores[excluded] = -np.inf
+                order = np.argsort(-scores, kind="stable")
+                order = order[np.isfinite(scores[order])][: max(req.k * 10, 100)]
+            ranked, ranked_scores = order, scores[order]
+        else:
+            with timed("retrieval"):
+                cands = self.retrieval.candidates(
+                    user.history, self.settings.candidates, np.flatnonzero(excluded)
+                )
+            with timed("ranking"):
+                BATCH_SIZE.observe(len(cands.items))
+                result = await self.ranking.rank(cands.items, cands.user_row, precision)
+            fallback = result.fallback
+            FALLBACKS.labels(fallback=fallback).inc()
+            ranked_scores = result.scores if result.scores is not None else self.model.popularity[cands.items]
+            order = np.argsort(-ranked_scores, kind="stable")
+            ranked, ranked_scores = cands.items[order], ranked_scores[order]
+        with timed("rules"):
+            top = rules.diversify(ranked, self.model.primary_genre, req.k, self.settings.max_per_genre)
+            score_of = dict(zip(ranked.tolist(), ranked_scores.tolist(), strict=True))
+            why = rules.reasons(self.model, top, user.history, not cold, req.genres)
+            items = [self.item(i, score_of[i], r) for i, r in zip(top.tolist(), why, strict=True)]
+        return RecommendResponse(
+            items=items,
+            model_version=self.model.tag,
+            precision=precision,
+            cold_start=cold,
+            fallback=fallback,
+            cached=False,
+            request_id=request_id,
+        )
+
+    def similar(self, item_id: str, k: int) -> list[Item]:
+        pos = self.index_of(item_id)
+        title = self.model.catalog[pos]["title"]
+        with timed("retrieval"):
+            ids, scores = self.retrieval.similar(pos, k)
+        return [
+            self.item(i, s, f"similar to {title}") for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
+        ]
+
+    async def trending(self, k: int, genre: str | None) -> list[Item]:
+        scores = await self.trending_scores()
+        mask = rules.genre_mask(self.model, [genre] if genre else None)
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        top = np.argsort(-scores, kind="stable")[:k]
+        top = top[np.isfinite(scores[top])]
+        label = f"trending in {genre}" if genre else "trending now"
+        return [self.item(i, scores[i], label) for i in top.tolist()]
+
+    # ----------------------------------------------------------------- writes
+    async def feedback(self, events: Sequence[FeedbackEvent]) -> int:
+        """Durably record the events (raises StateUnavailable, UnknownItem before writing anything)."""
+        unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            raise UnknownItem(
+                f"unknown item_id {shown}: not in the catalog of {self.model.tag}; nothing recorded"
+            )
+        now = time.time()
+        records = [Event(e.user_id, e.item_id, e.event, e.value, e.ts or now) for e in events]
+        with timed("feedback"):
+            await self.state.append_events(records, [EVENT_WEIGHTS[e.event] for e in records])
+        for e in records:
+            FEEDBACK_EVENTS.labels(event=e.event).inc()
+        return len(records)
+
+    async def user_rate_limit(self, user_id: str) -> float:
+        """Seconds to wait before this user may send feedback again (0: go ahead); fails open."""
+        try:
+            return await self.state.take_token(
+                f"user:{user_id}", self.settings.rate_limit_rps, self.settings.rate_limit_burst
+            )
+        except StateUnavailable:
+            STATE_ERRORS.labels(op="rate_limit").inc()
+            return 0.0
+
+    async def forget(self, user_id: str) -> None:
+        await self.state.forget(user_id)
+        self.cache.l1.drop_user(user_id)
+        log.info("forgot a user (right to be forgotten)")

@@ -1,0 +1,51 @@
+"""Retrieval stage: a user's vector from their history, then FAISS top-N candidates.
+
+The user encoder (models/retrieval.py) is a function of the history alone, so fresh feedback changes
+the vector at once. Vectors are L2-normalized; the index is inner product (exact or ANN, chosen at
+training time by catalog size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.features import user_features
+from runners.artifacts import ServedModel
+
+
+@dataclass(frozen=True)
+class Candidates:
+    items: np.ndarray  # int64 [n] internal item indices, best first
+    scores: np.ndarray  # float32 [n] cosine similarity to the user vector
+    user_row: np.ndarray  # float32 [user_dim] the ranker's user feature row
+
+
+class RetrievalStage:
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+
+    def user_vector(self, history: np.ndarray) -> np.ndarray:
+        """float32 [dim] for a history of internal item indices."""
+        return self.model.weights.user_vectors([history])[0]
+
+    def candidates(self, history: np.ndarray, n: int, exclude: np.ndarray | None = None) -> Candidates:
+        """Top-``n`` items for the user, skipping ``exclude`` (internal indices)."""
+        vec = self.user_vector(history)
+        row = user_features(vec[None, :], [history], self.model.tables)[0]
+        drop = np.zeros(self.model.n_items, dtype=bool)
+        if exclude is not None and len(exclude):
+            drop[exclude] = True
+        want = min(self.model.n_items, n + int(drop.sum()))
+        scores, ids = self.model.index.search(vec[None, :], want)
+        keep = (ids[0] >= 0) & ~drop[np.maximum(ids[0], 0)]
+        items, sims = ids[0][keep][:n].astype(np.int64), scores[0][keep][:n].astype(np.float32)
+        return Candidates(items, sims, row)
+
+    def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items to ``item`` (itself excluded): (indices, cosine scores)."""
+        query = self.model.weights.item_vectors[item][None, :]
+        scores, ids = self.model.index.search(query, min(self.model.n_items, k + 1))
+        keep = (ids[0] >= 0) & (ids[0] != item)
+        return ids[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32)

@@ -1,0 +1,107 @@
+"""Folio's serving configuration: one pydantic-settings class, environment prefix ``FOLIO_``.
+
+Validated once at start-up; a wrong value fails with a message naming the variable (``load_settings``).
+No secret has a default: ``FOLIO_API_KEYS`` holds sha256 hex digests of the keys, never the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PRECISIONS = ("int8", "fp16", "fp32")
+
+
+class SettingsError(RuntimeError):
+    """A FOLIO_* setting is invalid; the message names it and the rule."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FOLIO_", extra="ignore")
+
+    # what is served
+    model_tag: str | None = Field(None, description="store tag to serve; default: the production version")
+    precision: str = Field("int8", description="default ranker variant: int8 | fp16 | fp32")
+    # components
+    triton_url: str | None = Field(
+        None, description="host:port of an external Triton (gRPC); unset: embedded"
+    )
+    triton_timeout_s: float = Field(0.5, gt=0, le=30)
+    breaker_failures: int = Field(3, ge=1, le=1000)
+    breaker_reset_s: float = Field(5.0, gt=0, le=3600)
+    redis_url: str | None = Field(None, description="redis://...; unset: in-process state + local journal")
+    state_dir: Path = Field(Path(".folio/state"), description="journal + embedded Triton work files")
+    # recommendation behaviour
+    candidates: int = Field(500, ge=10, le=5000, description="retrieval top-N handed to the ranker")
+    cold_start_threshold: int = Field(5, ge=0, le=1000)
+    max_per_genre: int = Field(3, ge=1, le=100, description="diversity cap per primary genre in a top-k")
+    trending_half_life_s: float = Field(86400.0, gt=0)
+    max_history: int = Field(500, ge=1, le=100_000)
+    # cache
+    cache_ttl_s: float = Field(300.0, ge=0, le=86400)
+    l1_size: int = Field(10_000, ge=0, le=10_000_000)
+    # security
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="sha256 hex digests of accepted API keys (JSON list or comma list)"
+    )
+    rate_limit_rps: float = Field(50.0, gt=0, description="per-key token refill rate")
+    rate_limit_burst: int = Field(100, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"must be one of {', '.join(PRECISIONS)}")
+        return v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_from_text(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            return json.loads(v) if v.startswith("[") else [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if len(k) != 64 or any(c not in "0123456789abcdef" for c in k.lower()):
+                raise ValueError("each entry must be the sha256 hex digest of a key (see `hash_key`)")
+        return [k.lower() for k in v]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v or None
+
+    def public_hash(self) -> str:
+        """A short hash of the configuration for /info (secrets hashed already, URLs without passwords)."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = bool(self.redis_url)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def hash_key(key: str) -> str:
+    """What FOLIO_API_KEYS holds for ``key``."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FOLIO_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid Folio configuration: {problems}") from None

@@ -1,0 +1,170 @@
+"""RedisState against a real redis-server: the shared StoreContract plus what only Redis has to show
+(several clients sharing one token bucket, nothing left in any key after forget, outage -> StateUnavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from runners.store import RedisState, StateStore, StateUnavailable
+from tests.redis_server import RedisServer, free_port
+from tests.unit.test_store_local import ALICE, BOB, T0, Backend, StoreContract, ev
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def dump_all(client: redis.Redis) -> bytes:
+    """Every key and every value in the database, whatever its type."""
+    out: list[Any] = []
+    readers: dict[str, Any] = {
+        "string": client.get,
+        "list": lambda k: client.lrange(k, 0, -1),
+        "hash": client.hgetall,
+        "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+        "stream": client.xrange,
+        "set": client.smembers,
+    }
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        out.append((key, kind, readers[kind](key)))  # KeyError on a type we do not dump: fails the test
+    return repr(out).encode()
+
+
+class RedisBackend:
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+
+    async def make(self, **kw: Any) -> StateStore:
+        return await RedisState.connect(self.server.url, **kw)
+
+    async def dump(self, store: StateStore) -> bytes:
+        with self.server.client() as c:
+            return dump_all(c)
+
+
+@pytest.fixture()
+def live_redis(redis_server: RedisServer) -> RedisServer:
+    if not redis_server.is_alive():
+        pytest.fail(f"redis-server is no longer running; log tail:\n{redis_server.log_tail()}")
+    with redis_server.client() as c:
+        c.flushall()
+    return redis_server
+
+
+class TestRedisContract(StoreContract):
+    @pytest.fixture()
+    def backend(self, live_redis: RedisServer) -> Backend:
+        return RedisBackend(live_redis)
+
+
+def test_two_clients_share_one_bucket_atomically(live_redis: RedisServer) -> None:
+    async def main() -> list[float]:
+        a, b = RedisState(live_redis.url), RedisState(live_redis.url)
+        try:
+            calls = [c.take_token("user:shared", 0.001, 10) for c in (a, b) for _ in range(40)]
+            return list(await asyncio.gather(*calls))
+        finally:
+            await a.close()
+            await b.close()
+
+    waits = asyncio.run(main())
+    assert waits.count(0.0) == 10 and all(w > 0 for w in waits if w != 0.0)
+    with live_redis.client() as c:
+        ttl = c.pttl("folio:rl:user:shared")
+        assert 0 < ttl <= 10_000_001  # expires once the bucket would be full again (10 tokens / 0.001 per s)
+
+
+def test_bucket_key_expires_when_full_again(live_redis: RedisServer) -> None:
+    async def main() -> None:
+        s = RedisState(live_redis.url)
+        assert await s.take_token("ip:1", 20.0, 2) == 0.0
+        await s.close()
+
+    asyncio.run(main())
+    with live_redis.client() as c:
+        assert 0 < c.pttl("folio:rl:ip:1") <= 51
+        time.sleep(0.12)
+        assert not c.exists("folio:rl:ip:1")
+
+
+def test_append_uses_keys_under_prefix_and_the_stream(live_redis: RedisServer) -> None:
+    async def main() -> None:
+        s = RedisState(live_redis.url, prefix="t1:", stream_maxlen=1000)
+        await s.append_events([ev(ALICE, "b1", T0), ev(BOB, "b2", T0), ev(ALICE, "b3", T0)], [1.0] * 3)
+        await s.close()
+
+    asyncio.run(main())
+    with live_redis.client() as c:
+        keys = {k.decode() for k in c.scan_iter()}
+        per_user = {f"t1:{k}:{u}" for k in ("hist", "gen", "fids") for u in (ALICE, BOB)}
+        assert keys == per_user | {"t1:trending", "t1:feedback"}
+        entries = c.xrange("t1:feedback")
+        ids = [entry_id for entry_id, _ in entries]
+        assert c.lrange(f"t1:fids:{ALICE}", 0, -1) == [ids[0], ids[2]]
+        assert c.lrange(f"t1:fids:{BOB}", 0, -1) == [ids[1]]
+        assert ALICE.encode() in entries[0][1][b"e"]
+
+
+def test_outage_raises_state_unavailable_fast_and_recovers(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as server:
+
+        async def main() -> None:
+            s = RedisState(server.url)
+            await s.append_events([ev(ALICE, "b1", T0)], [1.0])
+            server.stop()
+            for call in (
+                lambda: s.history(ALICE),
+                lambda: s.append_events([ev(ALICE, "b2", T0)], [1.0]),
+                lambda: s.take_token("user:x", 1.0, 1),
+                lambda: s.forget(ALICE),
+            ):
+                started = time.monotonic()
+                with pytest.raises(StateUnavailable, match=f"127.0.0.1:{server.port}"):
+                    await call()
+                assert time.monotonic() - started < 2.0
+            assert await s.ping() is False
+
+            server.start()  # same port, empty (no persistence)
+            assert await s.ping() is True
+            await s.append_events([ev(ALICE, "b3", T0)], [1.0])
+            assert [e.item_id for e in await s.history(ALICE)] == ["b3"]
+            assert await s.take_token("user:x", 1.0, 1) == 0.0
+
+            server.stop()  # restarted while idle: pooled connections are stale, the next call must work
+            server.start()
+            assert await s.history(ALICE) == []
+            await s.close()
+
+        asyncio.run(main())
+
+
+def test_connect_fails_fast_without_leaking_the_password() -> None:
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable) as info:
+        asyncio.run(RedisState.connect(url, socket_timeout_s=0.3))
+    assert time.monotonic() - started < 2.0
+    assert "127.0.0.1" in str(info.value) and "s3cret-pw" not in str(info.value)
+
+    async def lazy() -> None:
+        s = RedisState(url)  # construction never connects; the first call raises
+        with pytest.raises(StateUnavailable) as err:
+            await s.history(ALICE)
+        assert "s3cret-pw" not in str(err.value) and "***" in str(err.value)
+        await s.close()
+
+    asyncio.run(lazy())
