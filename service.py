@@ -164,6 +164,7 @@ class Recommender:
             "triton": self.ranking.state(),
             "state": {"kind": self.state.kind, "reachable": await self.state.ping()},
             "config_hash": self.settings.public_hash(),
+            "worker_pid": os.getpid(),
         }
 
 

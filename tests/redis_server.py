@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 import redis
@@ -97,3 +98,21 @@ class RedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def dump_all(client: redis.Redis) -> bytes:
+    """Every key and every value in the database, whatever its type."""
+    out: list[Any] = []
+    readers: dict[str, Any] = {
+        "string": client.get,
+        "list": lambda k: client.lrange(k, 0, -1),
+        "hash": client.hgetall,
+        "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+        "stream": client.xrange,
+        "set": client.smembers,
+    }
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        out.append((key, kind, readers[kind](key)))  # KeyError on a type we do not dump: fails the test
+    return repr(out).encode()

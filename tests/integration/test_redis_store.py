@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from runners.store import RedisState, StateStore, StateUnavailable
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, dump_all, free_port
 from tests.unit.test_store_local import ALICE, BOB, T0, Backend, StoreContract, ev
 
 pytestmark = pytest.mark.integration
@@ -24,24 +23,6 @@ pytestmark = pytest.mark.integration
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
-
-
-def dump_all(client: redis.Redis) -> bytes:
-    """Every key and every value in the database, whatever its type."""
-    out: list[Any] = []
-    readers: dict[str, Any] = {
-        "string": client.get,
-        "list": lambda k: client.lrange(k, 0, -1),
-        "hash": client.hgetall,
-        "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-        "stream": client.xrange,
-        "set": client.smembers,
-    }
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        out.append((key, kind, readers[kind](key)))  # KeyError on a type we do not dump: fails the test
-    return repr(out).encode()
 
 
 class RedisBackend:
