@@ -50,7 +50,7 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
 @bentoml.service(
     name="folio",
     traffic={"timeout": 30},
-    workers=int(os.environ.get("FOLIO_WORKERS", "1")),
+    workers=load_settings().workers,
 )
 class Recommender:
     def __init__(self) -> None:
@@ -138,6 +138,7 @@ class Recommender:
             return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
         return FeedbackResponse(
             accepted=accepted,
+            model_version=self.model.tag,
             durable="redis" if self.state.kind == "redis" else "journal",
             request_id=REQUEST_ID.get(),
         )
@@ -149,7 +150,9 @@ class Recommender:
             await self.pipeline.forget(request.user_id)
         except StateUnavailable:
             return problem(503, "the state store is unreachable: nothing was deleted, retry later")
-        return ForgetResponse(user_id=request.user_id, forgotten=True, request_id=REQUEST_ID.get())
+        return ForgetResponse(
+            user_id=request.user_id, forgotten=True, model_version=self.model.tag, request_id=REQUEST_ID.get()
+        )
 
     @bentoml.api
     async def info(self) -> dict[str, Any]:

@@ -142,7 +142,7 @@ class GuardMiddleware:
         else:
             client = scope.get("client") or ("unknown", 0)
             principal = f"addr:{client[0]}"
-        if state is not None:
+        if state is not None and settings.rate_limit_rps > 0:
             try:
                 wait = await state.take_token(principal, settings.rate_limit_rps, settings.rate_limit_burst)
             except StateUnavailable:

@@ -208,6 +208,8 @@ class Recommender:
 
     async def user_rate_limit(self, user_id: str) -> float:
         """Seconds to wait before this user may send feedback again (0: go ahead); fails open."""
+        if self.settings.rate_limit_rps <= 0:
+            return 0.0
         try:
             return await self.state.take_token(
                 f"user:{user_id}", self.settings.rate_limit_rps, self.settings.rate_limit_burst

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from runners.settings import PRECISIONS
 from runners.store import EVENTS
 
-UserId = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$", examples=["42"])
-ItemId = Field(min_length=1, max_length=128, examples=["50"])
+UserId = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
+ItemId = Field(min_length=1, max_length=128)
 Precision = Literal["int8", "fp16", "fp32"]
 Fallback = Literal["none", "onnxruntime", "popularity"]
 EventName = Literal["view", "click", "add_to_cart", "purchase", "rate"]
@@ -28,9 +28,7 @@ class _Strict(BaseModel):
 class RecommendRequest(_Strict):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [{"user_id": "42", "k": 10}, {"user_id": "new-reader", "genres": ["Drama"]}]
-        },
+        json_schema_extra={"example": {"user_id": "42", "k": 10, "exclude_seen": True}},
     )
     user_id: str = UserId
     k: int = Field(10, ge=1, le=100)
@@ -60,7 +58,7 @@ class RecommendResponse(BaseModel):
 
 
 class SimilarRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"item_id": "50", "k": 5}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"item_id": "50", "k": 5}})
     item_id: str = ItemId
     k: int = Field(10, ge=1, le=100)
 
@@ -73,7 +71,7 @@ class SimilarResponse(BaseModel):
 
 
 class TrendingRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"k": 10, "genre": "Drama"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"k": 10, "genre": "Drama"}})
     k: int = Field(10, ge=1, le=100)
     genre: str | None = Field(None, max_length=64)
 
@@ -87,7 +85,7 @@ class TrendingResponse(BaseModel):
 class FeedbackEvent(_Strict):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"user_id": "42", "item_id": "50", "event": "click"}]},
+        json_schema_extra={"example": {"user_id": "42", "item_id": "50", "event": "click"}},
     )
     user_id: str = UserId
     item_id: str = ItemId
@@ -100,7 +98,7 @@ class FeedbackBatch(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"events": [{"user_id": "42", "item_id": "50", "event": "rate", "value": 5}]}]
+            "example": {"events": [{"user_id": "42", "item_id": "50", "event": "rate", "value": 5}]}
         },
     )
     events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
@@ -109,15 +107,17 @@ class FeedbackBatch(_Strict):
 class FeedbackResponse(BaseModel):
     accepted: int
     durable: Literal["journal", "redis"]
+    model_version: str
     request_id: str
 
 
 class ForgetRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user_id": "42"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"user_id": "42"}})
     user_id: str = UserId
 
 
 class ForgetResponse(BaseModel):
     user_id: str
     forgotten: bool
+    model_version: str
     request_id: str

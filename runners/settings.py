@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(0.5, gt=0, le=30)
     breaker_failures: int = Field(3, ge=1, le=1000)
     breaker_reset_s: float = Field(5.0, gt=0, le=3600)
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (use Redis when > 1)")
     redis_url: str | None = Field(None, description="redis://...; unset: in-process state + local journal")
     state_dir: Path = Field(Path(".folio/state"), description="journal + embedded Triton work files")
     # recommendation behaviour
@@ -50,7 +51,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="sha256 hex digests of accepted API keys (JSON list or comma list)"
     )
-    rate_limit_rps: float = Field(50.0, gt=0, description="per-key token refill rate")
+    rate_limit_rps: float = Field(
+        50.0, ge=0, description="per-key token refill rate; 0 turns rate limits off"
+    )
     rate_limit_burst: int = Field(100, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000)
 
@@ -76,6 +79,11 @@ class Settings(BaseSettings):
             if len(k) != 64 or any(c not in "0123456789abcdef" for c in k.lower()):
                 raise ValueError("each entry must be the sha256 hex digest of a key (see `hash_key`)")
         return [k.lower() for k in v]
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
 
     @field_validator("redis_url")
     @classmethod

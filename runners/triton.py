@@ -380,7 +380,7 @@ class TritonServer:
     def _work_dir(self) -> Path:
         if self._work_dir_arg is not None:
             self._work_dir_arg.mkdir(parents=True, exist_ok=True)
-            return self._work_dir_arg
+            return self._work_dir_arg.resolve()  # tritonserver needs absolute backend/repository paths
         if self._owned_work_dir is None:
             self._owned_work_dir = Path(tempfile.mkdtemp(prefix="folio-triton-"))
         return self._owned_work_dir

@@ -13,27 +13,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from runners.ranking import PRECISIONS, RankingStage, RankResult
+from tests.unit.test_ranking import reference
 
 pytestmark = pytest.mark.integration
 
 TEST_TIMEOUT_S = 180.0
 RECOVERY_S = 60.0
-
-
-def reference(model_dir: Path, precision: str, ids: np.ndarray, user: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(
-        str(model_dir / f"ranker_{precision}.onnx"), providers=["CPUExecutionProvider"]
-    )
-    feeds = {
-        "item_ids": ids.astype(np.int64),
-        "user_features": user.reshape(1, -1).astype(np.float32),
-        "candidate_ends": np.array([ids.size], dtype=np.int32),
-    }
-    return session.run(["scores"], feeds)[0]
 
 
 def live_processes() -> dict[int, int]:

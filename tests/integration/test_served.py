@@ -58,6 +58,8 @@ def test_every_endpoint_answers(embedded: ServedFolio) -> None:
     info = post(base, "/info", {}).json()
     assert info["triton"]["mode"] == "embedded" and info["triton"]["alive"]
     assert httpx.get(f"{base}/livez").status_code == 200 and httpx.get(f"{base}/readyz").status_code == 200
+    spec = httpx.get(f"{base}/docs.json").text
+    assert '"example"' in spec and "/feedback/batch" in spec  # Swagger shows working examples
     metrics = httpx.get(f"{base}/metrics").text
     names = ("folio_stage_seconds", "folio_ranking_candidates", "folio_feedback_events", "folio_cold_starts")
     for name in names:

@@ -311,3 +311,13 @@ def test_explicit_model_control(ranker_model_dir: Path, tmp_path: Path) -> None:
         c.load_model("ranker_fp32", client_timeout=TIMEOUT_S)
         assert c.is_model_ready("ranker_fp32", client_timeout=TIMEOUT_S)
     assert not server.is_alive()
+
+
+def test_relative_work_dir(ranker_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative work dir (e.g. FOLIO_STATE_DIR=.folio/state) still finds its backends."""
+    repo = tmp_path / "repo"
+    render_triton(ranker_model_dir, repo, target="cpu")
+    monkeypatch.chdir(tmp_path)
+    server = TritonServer(work_dir=Path("work"), log_file=tmp_path / "t.log")
+    with server.start(repo), grpcclient.InferenceServerClient(server.grpc_url) as c:
+        assert c.is_model_ready("ranker_int8", client_timeout=TIMEOUT_S)
