@@ -81,6 +81,8 @@ class Recommender:
 
     @bentoml.on_startup
     async def _start(self) -> None:
+        if not await self.state.ping():  # serve anyway: reads degrade, writes answer 503 until it is back
+            log.warning("state store %s unreachable at start-up", self.state.kind)
         await self.ranking.start()
 
     @bentoml.on_shutdown

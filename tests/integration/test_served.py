@@ -15,6 +15,7 @@ import pytest
 from runners.settings import hash_key
 from runners.triton import TritonServer
 from tests.integration.served import ServedFolio
+from tests.integration.test_ranking_stage import group_gone
 
 pytestmark = pytest.mark.integration
 KEY = "s3cret-key"
@@ -83,6 +84,14 @@ def test_triton_killed_falls_back_then_recovers(embedded: ServedFolio) -> None:
 
     wait_for(back_on_triton, 90, "not back on Triton after a restart", embedded.log_tail)
     assert embedded.alive()
+
+
+def test_shutdown_stops_the_embedded_triton(model_tag: str, tmp_path: Path) -> None:
+    env = {"FOLIO_MODEL_TAG": model_tag, "FOLIO_STATE_DIR": str(tmp_path / "state")}
+    served = ServedFolio(env, tmp_path / "serve.log").start()
+    pid = post(served.url, "/info", {}).json()["triton"]["pid"]
+    served.stop()  # SIGTERM, as a process manager would send
+    wait_for(lambda: group_gone(pid), 30, f"tritonserver {pid} (or its stubs) outlived the service")
 
 
 def test_journal_survives_a_restart(model_tag: str, tmp_path: Path) -> None:
