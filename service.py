@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -39,6 +41,11 @@ from runners.store import StateUnavailable, open_state
 
 log = logging.getLogger("runners.service")
 RUNTIME = Runtime()
+# The Bento's Python dependencies are pyproject's [project] dependencies (declared once, there).
+_PROJECT = tomllib.loads(Path(__file__).with_name("pyproject.toml").read_text())["project"]
+IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(
+    *_PROJECT["dependencies"]
+)
 
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -49,10 +56,14 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
 
 @bentoml.service(
     name="folio",
+    image=IMAGE,
     traffic={"timeout": 30},
     workers=load_settings().workers,
 )
 class Recommender:
+    # At class scope so `bentoml build` packs the served version (FOLIO_MODEL_TAG, else production).
+    stored_model = bentoml.models.BentoModel(artifacts.served_tag(load_settings().model_tag))
+
     def __init__(self) -> None:
         configure_logging()
         self.settings = load_settings()

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
-from models.retrieval import RetrievalWeights
+from models.user_encoder import RetrievalWeights
 from training import store
 
 
@@ -54,6 +54,10 @@ def resolve(tag: str | None) -> bentoml.Model:
             "no production model in the store: run ./scripts/main.sh or set FOLIO_MODEL_TAG"
         )
     return model
+
+
+def served_tag(tag: str | None) -> str:
+    return str(resolve(tag).tag)
 
 
 def load(model: bentoml.Model) -> ServedModel:

@@ -495,7 +495,7 @@ class RedisState:
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._r.ping(), timeout=self.socket_timeout_s))
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, RedisError, OSError):
             return False
 
     async def close(self) -> None:

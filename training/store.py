@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def promote(tag: str, *, keep_time: bool = False) -> bentoml.Model:
         if m.info.labels.get("stage") == "production" and m.tag != model.tag:
             _set_labels(m, stage="retired")
     stamp = model.info.labels.get("promoted_at") if keep_time else None
-    _set_labels(model, stage="production", promoted_at=stamp or datetime.now(timezone.utc).isoformat())
+    _set_labels(model, stage="production", promoted_at=stamp or datetime.now(UTC).isoformat())
     return model
 
 

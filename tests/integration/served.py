@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServedFolio:
-    def __init__(self, env: dict[str, str], log_file: Path, startup_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_file: Path,
+        startup_timeout_s: float = 180.0,
+        target: str = "service:Recommender",
+    ) -> None:
+        self.target = target
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -32,7 +39,7 @@ class ServedFolio:
 
     def start(self) -> ServedFolio:
         bentoml = Path(sys.executable).with_name("bentoml")
-        cmd = [str(bentoml), "serve", "service:Recommender", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [str(bentoml), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
