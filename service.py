@@ -8,6 +8,7 @@ ranking stage (the embedded tritonserver, or ``FOLIO_TRITON_URL``). Endpoints on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tomllib
@@ -18,9 +19,10 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from runners import artifacts
+from runners.artifacts import ModelLoadError
+from runners.fleet import Fleet, UnknownVariant
 from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
-from runners.metrics import ranking_event
-from runners.ranking import RankingStage
+from runners.lifecycle import Drain
 from runners.recommender import Recommender as Pipeline
 from runners.recommender import UnknownItem
 from runners.schemas import (
@@ -31,6 +33,8 @@ from runners.schemas import (
     ForgetResponse,
     RecommendRequest,
     RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
     SimilarRequest,
     SimilarResponse,
     TrendingRequest,
@@ -38,6 +42,7 @@ from runners.schemas import (
 )
 from runners.settings import load_settings
 from runners.store import StateUnavailable, open_state
+from training import store
 
 log = logging.getLogger("runners.service")
 RUNTIME = Runtime()
@@ -67,47 +72,47 @@ class Recommender:
     def __init__(self) -> None:
         configure_logging()
         self.settings = load_settings()
-        self.model = artifacts.load(artifacts.resolve(self.settings.model_tag))
-        work = self.settings.state_dir
         self.state = open_state(
             self.settings.redis_url,
-            work / "journal.jsonl",
+            self.settings.state_dir / "journal.jsonl",
             max_history=self.settings.max_history,
             half_life_s=self.settings.trending_half_life_s,
         )
-        self.ranking = RankingStage(
-            self.model.path,
-            triton_url=self.settings.triton_url,
-            default_precision=self.settings.precision,
-            timeout_s=self.settings.triton_timeout_s,
-            breaker_failures=self.settings.breaker_failures,
-            breaker_reset_s=self.settings.breaker_reset_s,
-            work_dir=work / f"triton-{os.getpid()}",
-            on_event=ranking_event,
-        )
-        self.pipeline = Pipeline(self.settings, self.model, self.state, self.ranking)
+        self.fleet = Fleet(self.settings, self.state)
+        self.drain = Drain(self.settings.drain_s)
         RUNTIME.settings, RUNTIME.state = self.settings, self.state
         RUNTIME.digests = [d.encode() for d in self.settings.api_keys]
-        log.info("serving %s (state: %s)", self.model.tag, self.state.kind)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.fleet.primary.pipeline
+
+    @property
+    def model_version(self) -> str:
+        return self.fleet.primary.tag
 
     @bentoml.on_startup
     async def _start(self) -> None:
+        self.drain.install(asyncio.get_running_loop())
         if not await self.state.ping():  # serve anyway: reads degrade, writes answer 503 until it is back
             log.warning("state store %s unreachable at start-up", self.state.kind)
-        await self.ranking.start()
+        await self.fleet.start()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        await self.ranking.close()
+        await self.fleet.close()
         await self.state.close()
 
     async def __is_ready__(self) -> bool:
-        return await self.ranking.ready()
+        return not self.drain.draining and await self.fleet.ready()
 
     @bentoml.api(output_spec=RecommendResponse)
     async def recommend(self, request: RecommendRequest, /) -> Any:
         """Top-k books for a user: retrieval, ranking on Triton, then seen-item, diversity and genre rules."""
-        return await self.pipeline.recommend(request, REQUEST_ID.get())
+        try:
+            return await self.fleet.recommend(request, REQUEST_ID.get())
+        except UnknownVariant as exc:
+            return problem(400, str(exc))
 
     @bentoml.api(output_spec=SimilarResponse)
     def similar(self, request: SimilarRequest, /) -> Any:
@@ -117,14 +122,17 @@ class Recommender:
         except UnknownItem as exc:
             return problem(404, str(exc))
         return SimilarResponse(
-            item_id=request.item_id, items=items, model_version=self.model.tag, request_id=REQUEST_ID.get()
+            item_id=request.item_id,
+            items=items,
+            model_version=self.model_version,
+            request_id=REQUEST_ID.get(),
         )
 
     @bentoml.api(output_spec=TrendingResponse)
     async def trending(self, request: TrendingRequest, /) -> Any:
         """Popular books now: training popularity plus feedback, with time decay."""
         items = await self.pipeline.trending(request.k, request.genre)
-        return TrendingResponse(items=items, model_version=self.model.tag, request_id=REQUEST_ID.get())
+        return TrendingResponse(items=items, model_version=self.model_version, request_id=REQUEST_ID.get())
 
     @bentoml.api(output_spec=FeedbackResponse)
     async def feedback(self, request: FeedbackEvent, /) -> Any:
@@ -144,14 +152,16 @@ class Recommender:
                     429, f"too much feedback for user {user_id!r}", {"Retry-After": str(int(wait) + 1)}
                 )
         try:
-            accepted = await self.pipeline.feedback(events)
+            accepted = await self.pipeline.feedback(
+                events, [self.fleet.variant_of(e.user_id) for e in events]
+            )
         except UnknownItem as exc:
             return problem(404, str(exc))
         except StateUnavailable:
             return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
         return FeedbackResponse(
             accepted=accepted,
-            model_version=self.model.tag,
+            model_version=self.model_version,
             durable="redis" if self.state.kind == "redis" else "journal",
             request_id=REQUEST_ID.get(),
         )
@@ -161,27 +171,48 @@ class Recommender:
         """Delete everything Folio holds about a user: history, cached results, rate limits, journal."""
         try:
             await self.pipeline.forget(request.user_id)
+            for dep in self.fleet.deployments.values():
+                dep.pipeline.cache.l1.drop_user(request.user_id)
         except StateUnavailable:
             return problem(503, "the state store is unreachable: nothing was deleted, retry later")
         return ForgetResponse(
-            user_id=request.user_id, forgotten=True, model_version=self.model.tag, request_id=REQUEST_ID.get()
+            user_id=request.user_id,
+            forgotten=True,
+            model_version=self.model_version,
+            request_id=REQUEST_ID.get(),
         )
 
     @bentoml.api
     async def info(self) -> dict[str, Any]:
         """The served version and its metrics, the ranker precision, Triton and state-store status."""
-        meta = self.model.metadata
+        primary = self.fleet.primary
+        meta = primary.model.metadata
         return {
-            "model_version": self.model.tag,
+            "model_version": primary.tag,
             "dataset": meta.get("dataset"),
             "test": meta.get("test"),
             "parity": meta.get("parity"),
             "precision": self.settings.precision,
-            "triton": self.ranking.state(),
+            "triton": primary.ranking.state(),
             "state": {"kind": self.state.kind, "reachable": await self.state.ping()},
             "config_hash": self.settings.public_hash(),
             "worker_pid": os.getpid(),
+            "draining": self.drain.draining,
+            **self.fleet.info(),
         }
+
+    @bentoml.api(output_spec=ReloadResponse, route="/admin/reload")
+    async def admin_reload(self, request: ReloadRequest, /) -> Any:
+        """Serve a new version without a restart (default: the store's production one). Needs API keys."""
+        if not RUNTIME.digests:
+            return problem(403, "admin endpoints are off: set FOLIO_API_KEYS to enable them")
+        try:
+            new, previous = await self.fleet.reload(request.tag)
+        except LookupError as exc:
+            return problem(409, str(exc))
+        except (ModelLoadError, store.StoreError) as exc:
+            return problem(409, f"refused, still serving {self.model_version}: {exc}")
+        return ReloadResponse(model_version=new, previous=previous, request_id=REQUEST_ID.get())
 
 
 Recommender.add_asgi_middleware(GuardMiddleware, runtime=RUNTIME)  # type: ignore[attr-defined]

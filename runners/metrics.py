@@ -46,7 +46,34 @@ STATE_ERRORS = bentoml.metrics.Counter(
     labelnames=["op"],
 )
 FEEDBACK_EVENTS = bentoml.metrics.Counter(
-    name="folio_feedback_events", documentation="Feedback events durably accepted", labelnames=["event"]
+    name="folio_feedback_events",
+    documentation="Feedback events durably accepted, by the A/B variant serving the user",
+    labelnames=["event", "variant"],
+)
+VARIANT_REQUESTS = bentoml.metrics.Counter(
+    name="folio_variant_requests",
+    documentation="Recommendations served per A/B variant",
+    labelnames=["variant"],
+)
+VARIANT_IMPRESSIONS = bentoml.metrics.Counter(
+    name="folio_variant_impressions",
+    documentation="Items recommended per A/B variant (click-through = feedback clicks / impressions)",
+    labelnames=["variant"],
+)
+VARIANT_SECONDS = bentoml.metrics.Histogram(
+    name="folio_variant_seconds",
+    documentation="/recommend latency per A/B variant",
+    labelnames=["variant"],
+    buckets=_LATENCY_BUCKETS,
+)
+SHADOW_AGREEMENT = bentoml.metrics.Histogram(
+    name="folio_shadow_agreement",
+    documentation="Share of the served top-k that a shadow variant also ranks in its top-k",
+    labelnames=["variant"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+MODEL_RELOADS = bentoml.metrics.Counter(
+    name="folio_model_reloads", documentation="Hot model reloads by outcome", labelnames=["outcome"]
 )
 RATE_LIMITED = bentoml.metrics.Counter(name="folio_rate_limited", documentation="Requests refused with 429")
 AUTH_FAILURES = bentoml.metrics.Counter(name="folio_auth_failures", documentation="Requests refused with 401")

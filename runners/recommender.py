@@ -109,8 +109,7 @@ class Recommender:
                 scores[pos] += weight
         return scores
 
-    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse:
-        precision = req.variant or self.settings.precision
+    async def recommend(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
         params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision])
         with timed("cache"):
             generation = await self.cache.generation(req.user_id)
@@ -118,12 +117,13 @@ class Recommender:
         if hit is not None:
             body = json.loads(hit) | {"cached": True, "request_id": request_id}
             return RecommendResponse.model_validate(body)
-        response = await self._compute(req, precision, request_id)
+        response = await self.compute(req, precision, request_id)
         if response.fallback == "none":  # fallbacks are not cached: recovery shows at once
             await self.cache.put(req.user_id, generation, params, response.model_dump_json())
         return response
 
-    async def _compute(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
+    async def compute(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
+        """The recommendation, bypassing the result cache."""
         user = await self.user_state(req.user_id)
         mask = rules.genre_mask(self.model, req.genres)
         excluded = np.zeros(self.model.n_items, dtype=bool)
@@ -190,8 +190,9 @@ class Recommender:
         return [self.item(i, scores[i], label) for i in top.tolist()]
 
     # ----------------------------------------------------------------- writes
-    async def feedback(self, events: Sequence[FeedbackEvent]) -> int:
-        """Durably record the events (raises StateUnavailable, UnknownItem before writing anything)."""
+    async def feedback(self, events: Sequence[FeedbackEvent], variants: Sequence[str | None]) -> int:
+        """Durably record the events, each attributed to the variant serving its user (raises
+        StateUnavailable, UnknownItem before writing anything)."""
         unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5])
@@ -199,11 +200,14 @@ class Recommender:
                 f"unknown item_id {shown}: not in the catalog of {self.model.tag}; nothing recorded"
             )
         now = time.time()
-        records = [Event(e.user_id, e.item_id, e.event, e.value, e.ts or now) for e in events]
+        records = [
+            Event(e.user_id, e.item_id, e.event, e.value, e.ts or now, variant)
+            for e, variant in zip(events, variants, strict=True)
+        ]
         with timed("feedback"):
             await self.state.append_events(records, [EVENT_WEIGHTS[e.event] for e in records])
         for e in records:
-            FEEDBACK_EVENTS.labels(event=e.event).inc()
+            FEEDBACK_EVENTS.labels(event=e.event, variant=e.variant or "").inc()
         return len(records)
 
     async def user_rate_limit(self, user_id: str) -> float:

@@ -15,7 +15,6 @@ from runners.store import EVENTS
 
 UserId = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
 ItemId = Field(min_length=1, max_length=128)
-Precision = Literal["int8", "fp16", "fp32"]
 Fallback = Literal["none", "onnxruntime", "popularity"]
 EventName = Literal["view", "click", "add_to_cart", "purchase", "rate"]
 assert set(PRECISIONS) == {"int8", "fp16", "fp32"} and set(EVENTS) == set(EventName.__args__)  # type: ignore[attr-defined]
@@ -34,7 +33,11 @@ class RecommendRequest(_Strict):
     k: int = Field(10, ge=1, le=100)
     exclude_seen: bool = True
     genres: list[str] | None = Field(None, max_length=50, description="only items with one of these genres")
-    variant: Precision | None = Field(None, description="ranker precision; default from FOLIO_PRECISION")
+    variant: str | None = Field(
+        None,
+        pattern=r"^[\w.-]{1,64}$",
+        description="int8, fp16, fp32 or an A/B variant's name; default: the user's variant",
+    )
 
 
 class Item(BaseModel):
@@ -50,6 +53,7 @@ class Item(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[Item]
     model_version: str
+    variant: str = "default"
     precision: str
     cold_start: bool
     fallback: Fallback
@@ -114,6 +118,17 @@ class FeedbackResponse(BaseModel):
 class ForgetRequest(_Strict):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"user_id": "42"}})
     user_id: str = UserId
+
+
+class ReloadRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {}})
+    tag: str | None = Field(None, max_length=128, description="version to serve; default: the production one")
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous: str
+    request_id: str
 
 
 class ForgetResponse(BaseModel):

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # what is served
     model_tag: str | None = Field(None, description="store tag to serve; default: the production version")
     precision: str = Field("int8", description="default ranker variant: int8 | fp16 | fp32")
+    variants: str | None = Field(None, description="A/B variants: JSON or @path (see runners/variants.py)")
+    model_watch_s: float = Field(5.0, ge=0, description="poll the store for a new production version; 0: off")
+    drain_s: float = Field(5.0, ge=0, le=600, description="on SIGTERM: seconds of not-ready before shutdown")
     # components
     triton_url: str | None = Field(
         None, description="host:port of an external Triton (gRPC); unset: embedded"
@@ -84,6 +87,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: str | None) -> str | None:
+        from runners.variants import VariantConfig
+
+        try:
+            VariantConfig.parse(v, "int8", None)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"not a valid variants config: {exc}") from None
+        return v
 
     @field_validator("redis_url")
     @classmethod

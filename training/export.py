@@ -25,11 +25,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
 from training.pipeline import Candidates, RankFn, evaluate_pipeline
 from training.protocol import Fold
+from training.store import parity_problems
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("fp32", "fp16", "int8")
-NDCG_TOLERANCE = 0.002
 BATCH_ROWS = (1, 2, 7, 64, 333, 1024)
 
 
@@ -182,7 +182,6 @@ def check_parity(
     test: Fold,
     genres: list[tuple[str, ...]],
     pop: np.ndarray,
-    tolerance: float = NDCG_TOLERANCE,
 ) -> Parity:
     """Measure every variant against FP32; raise ParityError when NDCG@10 or batching drifts."""
     sessions = {v: session(p) for v, p in paths.items()}
@@ -206,14 +205,7 @@ def check_parity(
             speed[v],
         )
     parity = Parity(ndcg, test_ndcg, agree, batch, speed)
-    problems = [
-        f"{v}: NDCG@10 {ndcg[v]:.4f} vs fp32 {ndcg['fp32']:.4f}"
-        for v in VARIANTS
-        if abs(ndcg[v] - ndcg["fp32"]) > tolerance
-    ]
-    problems += [
-        f"{v}: batched scores differ from scored-alone by {d:.2e}" for v, d in batch.items() if d > 1e-3
-    ]
+    problems = parity_problems(parity.to_json())
     if problems:
         raise ParityError("export parity failed: " + "; ".join(problems))
     return parity

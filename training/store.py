@@ -31,8 +31,38 @@ ARTIFACTS = (
 )
 
 
+# The export parity rule: training/export.py enforces it, serving re-checks a version's metadata.
+NDCG_TOLERANCE = 0.002  # |NDCG@10(variant) - NDCG@10(fp32)| on validation
+BATCH_TOLERANCE = 1e-3  # max |score alone - score inside a batch|
+
+
 class StoreError(RuntimeError):
     pass
+
+
+def parity_problems(parity: dict[str, dict[str, float]]) -> list[str]:
+    """What breaks the parity rule in ``Parity.to_json()`` output (empty: parity holds)."""
+    ndcg, batch = parity.get("ndcg", {}), parity.get("batch_max_abs_diff", {})
+    if "fp32" not in ndcg:
+        return ["no parity results"]
+    problems = [
+        f"{v}: NDCG@10 {n:.4f} vs fp32 {ndcg['fp32']:.4f}"
+        for v, n in ndcg.items()
+        if abs(n - ndcg["fp32"]) > NDCG_TOLERANCE
+    ]
+    return problems + [
+        f"{v}: batched scores differ from scored-alone by {d:.2e}"
+        for v, d in batch.items()
+        if d > BATCH_TOLERANCE
+    ]
+
+
+def servable_problems(model: bentoml.Model) -> list[str]:
+    """Why a stored version must not be served: missing artifacts, failed parity (empty: servable)."""
+    path = Path(model.path)
+    problems = [f"missing {a}" for a in ARTIFACTS if not (path / a).is_file()]
+    parity: Any = model.info.metadata.get("parity") or {}
+    return problems + parity_problems(parity)
 
 
 def save(artifacts: Path, labels: dict[str, str], metadata: dict[str, Any]) -> bentoml.Model:

@@ -32,7 +32,7 @@ class ServedFolio:
         self.target = target
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env}
+        self.env = {**os.environ, "FOLIO_DRAIN_S": "0", **env}  # tests stop servers at once unless they say
         self.log_file = log_file
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,175 @@
+"""The deployments a worker serves, and which one answers which user.
+
+One ``Deployment`` per distinct model spec of the variants config (``production``, or a pinned tag).
+Requests are routed by the user's A/B variant (runners/variants.py); shadow variants score a sample of
+requests in the background. The ``production`` spec follows the model store: a watcher (and the admin
+reload endpoint) deploys a newly promoted version next to the current one and swaps it in only once
+it has passed its checks; a refused version is logged and the current one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from runners.lifecycle import Deployment, deploy, retire
+from runners.metrics import (
+    MODEL_RELOADS,
+    SHADOW_AGREEMENT,
+    VARIANT_IMPRESSIONS,
+    VARIANT_REQUESTS,
+    VARIANT_SECONDS,
+)
+from runners.schemas import RecommendRequest, RecommendResponse
+from runners.settings import PRECISIONS, Settings
+from runners.store import StateStore
+from runners.variants import PRODUCTION, Assigner, Variant, VariantConfig
+from training import store
+
+log = logging.getLogger(__name__)
+
+
+class UnknownVariant(ValueError):
+    pass
+
+
+class Fleet:
+    def __init__(self, settings: Settings, state: StateStore) -> None:
+        self.settings, self.state = settings, state
+        self.config = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag)
+        self.assigner = Assigner(self.config)
+        self.deployments: dict[str, Deployment] = {}
+        self.last_reload_error: str | None = None
+        self._refused: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def primary(self) -> Deployment:
+        """The deployment of the first served variant: /similar, /trending, /info use it."""
+        return self.deployments[self.config.served[0].model]
+
+    async def start(self) -> None:
+        for spec in dict.fromkeys(v.model for v in self.config.variants):
+            tag = None if spec == PRODUCTION else spec
+            self.deployments[spec] = await deploy(self.settings, self.state, tag, require_triton=False)
+            log.info("serving %s as %r", self.deployments[spec].tag, spec)
+        if PRODUCTION in self.deployments and self.settings.model_watch_s > 0:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for task in list(self._tasks):
+            task.cancel()
+        for dep in self.deployments.values():
+            await dep.ranking.close()
+
+    async def ready(self) -> bool:
+        return bool(self.deployments) and all([await d.ranking.ready() for d in self.deployments.values()])
+
+    # ---------------------------------------------------------------- routing
+    def route(self, user_id: str, requested: str | None) -> tuple[Variant, str]:
+        """(variant, precision) for a request; ``requested`` is a precision or a variant name."""
+        variant = self.assigner.assign(user_id)
+        if requested is None:
+            return variant, variant.precision
+        if requested in PRECISIONS:
+            return variant, requested
+        named = self.config.by_name(requested)
+        if named is None:
+            names = ", ".join([*PRECISIONS, *(v.name for v in self.config.variants)])
+            raise UnknownVariant(f"variant must be one of {names}, not {requested!r}")
+        return named, named.precision
+
+    def variant_of(self, user_id: str) -> str:
+        return self.assigner.assign(user_id).name
+
+    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse:
+        variant, precision = self.route(req.user_id, req.variant)
+        start = time.perf_counter()
+        response = await self.deployments[variant.model].pipeline.recommend(req, precision, request_id)
+        response.variant = variant.name
+        VARIANT_SECONDS.labels(variant=variant.name).observe(time.perf_counter() - start)
+        VARIANT_REQUESTS.labels(variant=variant.name).inc()
+        VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(len(response.items))
+        for shadow in self.config.shadows:
+            if self.assigner.sampled_for_shadow(request_id):
+                self._background(self._shadow(shadow, req, response))
+        return response
+
+    async def _shadow(self, shadow: Variant, req: RecommendRequest, served: RecommendResponse) -> None:
+        try:
+            pipeline = self.deployments[shadow.model].pipeline
+            theirs = await pipeline.compute(req, shadow.precision, "shadow")
+        except Exception:  # a shadow never affects serving
+            log.exception("shadow variant %s failed", shadow.name)
+            return
+        ours = {i.item_id for i in served.items}
+        agree = len(ours & {i.item_id for i in theirs.items}) / max(len(ours), 1)
+        SHADOW_AGREEMENT.labels(variant=shadow.name).observe(agree)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -------------------------------------------------------------- lifecycle
+    async def reload(self, tag: str | None = None) -> tuple[str, str]:
+        """Serve ``tag`` (default: the store's production version) for the ``production`` spec.
+        Returns (new, previous); raises ModelLoadError (or StoreError) and keeps the current one."""
+        if PRODUCTION not in self.deployments:
+            raise LookupError("no variant follows production (FOLIO_MODEL_TAG or the variants pin versions)")
+        async with self._lock:
+            current = self.deployments[PRODUCTION]
+            if tag is None:
+                prod = await asyncio.to_thread(store.production)
+                tag = str(prod.tag) if prod is not None else current.tag
+            if tag == current.tag:
+                return tag, tag
+            try:
+                new = await deploy(self.settings, self.state, tag, require_triton=True)
+            except Exception as exc:
+                self._refused.add(tag)
+                self.last_reload_error = f"{tag}: {exc}"
+                MODEL_RELOADS.labels(outcome="refused").inc()
+                log.error("refused to serve %s, still serving %s: %s", tag, current.tag, exc)
+                raise
+            self.deployments[PRODUCTION] = new
+            self.last_reload_error = None
+            MODEL_RELOADS.labels(outcome="swapped").inc()
+            log.info("now serving %s (was %s)", new.tag, current.tag)
+            self._background(retire(current, grace_s=self.settings.triton_timeout_s * 4 + 5))
+            return new.tag, current.tag
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_watch_s)
+            try:
+                prod = await asyncio.to_thread(store.production)
+                if prod is not None and str(prod.tag) not in self._refused:
+                    await self.reload(str(prod.tag))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # refused versions are logged in reload(); keep watching
+                continue
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "variants": {
+                v.name: {
+                    "model_version": self.deployments[v.model].tag,
+                    "precision": v.precision,
+                    "share": v.share,
+                    "shadow": v.shadow,
+                }
+                for v in self.config.variants
+            },
+            "last_reload_error": self.last_reload_error,
+        }

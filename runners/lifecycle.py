@@ -1,0 +1,116 @@
+"""Model versions in a running service: deploy, hot swap, retire; and the SIGTERM drain.
+
+A ``Deployment`` is one stored version ready to serve: the loaded artifacts, its ranking stage (its own
+embedded tritonserver, or the external one) and the request pipeline over them. ``deploy`` refuses a
+version that is not servable (missing artifact, failed parity, item counts that disagree, a ranker that
+does not load on Triton or scores garbage) with ``ModelLoadError``; the caller keeps the current one.
+Swapping is a reference assignment: requests in flight finish on the deployment they started with, and
+the old one is closed after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from runners import artifacts
+from runners.artifacts import ModelLoadError, ServedModel
+from runners.metrics import ranking_event
+from runners.ranking import RankingStage
+from runners.recommender import Recommender
+from runners.settings import Settings
+from runners.store import StateStore
+from training import store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model: ServedModel
+    ranking: RankingStage
+    pipeline: Recommender
+
+    @property
+    def tag(self) -> str:
+        return self.model.tag
+
+
+async def deploy(
+    settings: Settings, state: StateStore, tag: str | None, *, require_triton: bool
+) -> Deployment:
+    """Load, start and smoke-test ``tag`` (None: production). Raises ModelLoadError when not servable."""
+    stored = await asyncio.to_thread(artifacts.resolve, tag)
+    problems = await asyncio.to_thread(store.servable_problems, stored)
+    if problems:
+        raise ModelLoadError(f"{stored.tag} is not servable: {'; '.join(problems)}")
+    model = await asyncio.to_thread(artifacts.load, stored)
+    ranking = RankingStage(
+        model.path,
+        triton_url=settings.triton_url,
+        default_precision=settings.precision,
+        timeout_s=settings.triton_timeout_s,
+        breaker_failures=settings.breaker_failures,
+        breaker_reset_s=settings.breaker_reset_s,
+        work_dir=settings.state_dir / f"triton-{os.getpid()}-{stored.tag.version}",
+        on_event=ranking_event,
+    )
+    try:
+        await ranking.start()
+        await _smoke_test(ranking, model, require_triton)
+    except Exception:
+        await ranking.close()
+        raise
+    return Deployment(model, ranking, Recommender(settings, model, state, ranking))
+
+
+async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton: bool) -> None:
+    if require_triton and ranking.mode == "embedded" and not await ranking.triton_ready(timeout_s=5.0):
+        raise ModelLoadError(f"{model.tag}: tritonserver did not load its rankers")
+    ids = np.arange(min(model.n_items, 8), dtype=np.int64)
+    row = np.zeros(model.spec.user_dim, dtype=np.float32)
+    for precision in ("int8", "fp16", "fp32"):
+        result = await ranking.rank(ids, row, precision)
+        if result.scores is None or result.scores.shape != ids.shape or not np.isfinite(result.scores).all():
+            raise ModelLoadError(f"{model.tag}: the {precision} ranker does not score ({result.fallback})")
+
+
+async def retire(old: Deployment, grace_s: float) -> None:
+    """Close a swapped-out deployment once the requests it was serving have had time to finish."""
+    await asyncio.sleep(grace_s)
+    await old.ranking.close()
+    log.info("retired %s", old.tag)
+
+
+class Drain:
+    """SIGTERM: readiness turns false at once, the server keeps serving for ``seconds``, then the
+    original handler (uvicorn's graceful shutdown: stop accepting, finish in-flight requests, run the
+    shutdown hooks that stop Triton) takes over. A second SIGTERM skips the wait."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.draining = False
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        original: Any = signal.getsignal(signal.SIGTERM)
+        if not callable(original):
+            return  # not our process to manage (no handler to chain to)
+
+        def on_term(sig: int, frame: FrameType | None) -> None:
+            if self.draining:
+                original(sig, frame)
+                return
+            self.draining = True
+            log.info("SIGTERM: draining for %.1fs (readiness is now false)", self.seconds)
+            handover: Callable[[], None] = lambda: original(sig, frame)  # noqa: E731
+            loop.call_soon_threadsafe(loop.call_later, self.seconds, handover)
+
+        signal.signal(signal.SIGTERM, on_term)
