@@ -18,9 +18,8 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from runners import artifacts
 from runners.artifacts import ModelLoadError
-from runners.fleet import Fleet, UnknownVariant
+from runners.fleet import Fleet, UnknownVariant, primary_tag
 from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
 from runners.lifecycle import Drain
 from runners.recommender import Recommender as Pipeline
@@ -66,8 +65,9 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
     workers=load_settings().workers,
 )
 class Recommender:
-    # At class scope so `bentoml build` packs the served version (FOLIO_MODEL_TAG, else production).
-    stored_model = bentoml.models.BentoModel(artifacts.served_tag(load_settings().model_tag))
+    # At class scope so `bentoml build` packs the served version (the first A/B variant's; by default
+    # FOLIO_MODEL_TAG, else production).
+    stored_model = bentoml.models.BentoModel(primary_tag(load_settings()))
 
     def __init__(self) -> None:
         configure_logging()

@@ -57,6 +57,7 @@ def resolve(tag: str | None) -> bentoml.Model:
 
 
 def served_tag(tag: str | None) -> str:
+    """The version ``tag`` names (None: the production one)."""
     return str(resolve(tag).tag)
 
 

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from runners import artifacts
 from runners.lifecycle import Deployment, deploy, retire
 from runners.metrics import (
     MODEL_RELOADS,
@@ -36,6 +37,12 @@ class UnknownVariant(ValueError):
     pass
 
 
+def primary_tag(settings: Settings) -> str:
+    """The version the first served variant uses: what `bentoml build` packs into the Bento."""
+    spec = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag).served[0].model
+    return artifacts.served_tag(None if spec == PRODUCTION else spec)
+
+
 class Fleet:
     def __init__(self, settings: Settings, state: StateStore) -> None:
         self.settings, self.state = settings, state
@@ -43,7 +50,6 @@ class Fleet:
         self.assigner = Assigner(self.config)
         self.deployments: dict[str, Deployment] = {}
         self.last_reload_error: str | None = None
-        self._refused: set[str] = set()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -136,7 +142,6 @@ class Fleet:
             try:
                 new = await deploy(self.settings, self.state, tag, require_triton=True)
             except Exception as exc:
-                self._refused.add(tag)
                 self.last_reload_error = f"{tag}: {exc}"
                 MODEL_RELOADS.labels(outcome="refused").inc()
                 log.error("refused to serve %s, still serving %s: %s", tag, current.tag, exc)
@@ -149,15 +154,19 @@ class Fleet:
             return new.tag, current.tag
 
     async def _watch(self) -> None:
+        """Follow promote / rollback: act when the store's production version changes (an explicit
+        /admin/reload of another tag stands until then; a refused version is not retried)."""
+        seen = self.deployments[PRODUCTION].tag
         while True:
             await asyncio.sleep(self.settings.model_watch_s)
             try:
                 prod = await asyncio.to_thread(store.production)
-                if prod is not None and str(prod.tag) not in self._refused:
-                    await self.reload(str(prod.tag))
+                if prod is not None and str(prod.tag) != seen:
+                    seen = str(prod.tag)
+                    await self.reload(seen)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # refused versions are logged in reload(); keep watching
+            except Exception:  # refusals are logged in reload(); keep watching
                 continue
 
     def info(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ the embedded state or a real redis-server."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -151,3 +152,46 @@ def test_auth_rate_limit_and_body_size(model_tag: str, tmp_path: Path) -> None:
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         big = c.post("/info", content=b"{}" + b" " * 4096, headers={"X-API-Key": KEY})
         assert big.status_code == 413
+
+
+def test_ab_variants_route_attribute_and_shadow(model_tag: str, tmp_path: Path) -> None:
+    from runners.variants import Assigner, VariantConfig
+
+    config = {
+        "salt": "t",
+        "variants": [
+            {"name": "control", "model": model_tag, "precision": "int8", "share": 0.5},
+            {"name": "treatment", "model": model_tag, "precision": "fp16", "share": 0.5},
+            {"name": "candidate", "model": model_tag, "precision": "fp32", "shadow": True},
+        ],
+    }
+    assigner = Assigner(VariantConfig.model_validate(config))
+    env = {"FOLIO_STATE_DIR": str(tmp_path), "FOLIO_VARIANTS": json.dumps(config), "FOLIO_CACHE_TTL_S": "0"}
+    with ServedFolio(env, tmp_path / "serve.log") as served:
+        users = [f"u{n}" for n in range(20)]
+        for user in users:
+            body = post(served.url, "/recommend", {"user_id": user}).json()
+            want = assigner.assign(user)
+            assert (body["variant"], body["precision"]) == (want.name, want.precision), user
+        forced = post(served.url, "/recommend", {"user_id": users[0], "variant": "candidate"}).json()
+        assert forced["variant"] == "candidate" and forced["precision"] == "fp32"
+        treated = next(u for u in users if assigner.assign(u).name == "treatment")
+        assert (
+            post(served.url, "/feedback", {"user_id": treated, "item_id": "b1", "event": "click"}).status_code
+            == 200
+        )
+        info = post(served.url, "/info", {}).json()
+        assert set(info["variants"]) == {"control", "treatment", "candidate"}
+
+        def metric(name: str) -> float:
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in httpx.get(f"{served.url}/metrics").text.splitlines()
+                if line.startswith(name)
+            )
+
+        assert metric('folio_feedback_events_total{event="click",variant="treatment"}') == 1
+        assert metric('folio_variant_requests_total{variant="treatment"}') >= 1
+        wait_for(
+            lambda: metric('folio_shadow_agreement_count{variant="candidate"}') >= 20, 30, "no shadow scores"
+        )

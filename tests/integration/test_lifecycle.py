@@ -1,0 +1,266 @@
+"""Model lifecycle under traffic, on `bentoml serve` following the store's production version.
+
+The service runs on its own BENTOML_HOME (so promotions here don't touch the session's store); versions
+are saved and promoted there through `python -m training`, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runners.settings import hash_key
+from tests.integration.served import ROOT, ServedFolio
+from tests.integration.test_ranking_stage import group_gone
+from training import store
+
+pytestmark = pytest.mark.integration
+KEY = "lifecycle-key"
+AUTH = {"X-API-Key": KEY}
+SAVE = (
+    "import json, sys; from pathlib import Path; from training import store; "
+    "print(store.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
+)
+
+
+class Store:
+    """An isolated model store driven through subprocesses (BENTOML_HOME is per process)."""
+
+    def __init__(self, home: Path, source: Path, metadata: dict) -> None:
+        self.home, self.source, self.metadata = home, source, metadata
+        self.env = {**os.environ, "BENTOML_HOME": str(home)}
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    def save(self, **metadata_changes: object) -> str:
+        return self.run(
+            sys.executable, "-c", SAVE, str(self.source), json.dumps(self.metadata | metadata_changes)
+        )
+
+    def path(self, tag: str) -> Path:
+        name, version = tag.split(":")
+        return self.home / "models" / name / version
+
+    def promote(self, tag: str) -> None:
+        self.run(sys.executable, "-m", "training", "promote", tag)
+
+    def rollback(self) -> None:
+        self.run(sys.executable, "-m", "training", "rollback")
+
+
+@pytest.fixture(scope="module")
+def versions(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
+    stored = store.get(model_tag)
+    return Store(
+        tmp_path_factory.mktemp("home"), Path(stored.path), json.loads(json.dumps(stored.info.metadata))
+    )
+
+
+@pytest.fixture(scope="module")
+def first(versions: Store) -> str:
+    tag = versions.save()
+    versions.promote(tag)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def served(versions: Store, first: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedFolio]:
+    tmp = tmp_path_factory.mktemp("lifecycle")
+    env = {
+        "BENTOML_HOME": str(versions.home),
+        "FOLIO_STATE_DIR": str(tmp / "state"),
+        "FOLIO_MODEL_WATCH_S": "0.5",
+        "FOLIO_API_KEYS": hash_key(KEY),
+        "FOLIO_RATE_LIMIT_RPS": "0",
+    }
+    env.pop("FOLIO_MODEL_TAG", None)
+    with ServedFolio(env, tmp / "serve.log") as server:
+        yield server
+
+
+def served_version(served: ServedFolio) -> dict:
+    return httpx.post(f"{served.url}/info", json={}, headers=AUTH, timeout=30).json()
+
+
+def wait_until(check, timeout_s: float, what: str, served: ServedFolio) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout_s}s\n{served.log_tail()}")
+
+
+class Traffic:
+    """Requests in a loop from a thread, recording (status, model_version) of each."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.results = url, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=AUTH, timeout=30) as client:
+            n = 0
+            while not self._stop.is_set():
+                r = client.post("/recommend", json={"user_id": f"u{n % 500}", "k": 5})
+                self.results.append((r.status_code, r.json().get("model_version")))
+                n += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_promote_and_rollback_under_traffic(served: ServedFolio, versions: Store, first: str) -> None:
+    assert served_version(served)["model_version"] == first
+    with Traffic(served.url) as traffic:
+        second = versions.save()
+        versions.promote(second)
+        wait_until(
+            lambda: served_version(served)["model_version"] == second, 60, "promotion not picked up", served
+        )
+        time.sleep(1)
+        versions.rollback()
+        wait_until(
+            lambda: served_version(served)["model_version"] == first, 60, "rollback not picked up", served
+        )
+        time.sleep(1)
+    statuses = {s for s, _ in traffic.results}
+    seen = [v for _, v in traffic.results]
+    assert statuses == {200}, f"failed requests during the swaps: {statuses}"
+    assert second in seen and seen[-1] == first and set(seen) == {first, second}, set(seen)
+
+
+def _broken_missing_artifact(versions: Store) -> str:
+    tag = versions.save()
+    (versions.path(tag) / "ranker_int8.onnx").unlink()
+    return tag
+
+
+def _broken_parity(versions: Store) -> str:
+    parity = json.loads(json.dumps(versions.metadata["parity"]))
+    parity["ndcg"]["int8"] = parity["ndcg"]["fp32"] - 0.05
+    return versions.save(parity=parity)
+
+
+def _broken_shapes(versions: Store) -> str:
+    tag = versions.save()
+    catalog = versions.path(tag) / "catalog.json"
+    catalog.write_text(json.dumps(json.loads(catalog.read_text())[:-1]))
+    return tag
+
+
+@pytest.mark.parametrize(
+    ("breakage", "says"),
+    [
+        (_broken_missing_artifact, "missing ranker_int8.onnx"),
+        (_broken_parity, "int8: NDCG@10"),
+        (_broken_shapes, "item counts disagree"),
+    ],
+)
+def test_broken_version_is_refused_and_current_keeps_serving(
+    served: ServedFolio,
+    versions: Store,
+    breakage,
+    says: str,  # type: ignore[no-untyped-def]
+) -> None:
+    current = served_version(served)["model_version"]
+    bad = breakage(versions)
+    versions.promote(bad)
+    try:
+        wait_until(
+            lambda: bad in (served_version(served).get("last_reload_error") or ""), 30, "no refusal", served
+        )
+        info = served_version(served)
+        assert info["model_version"] == current and says in info["last_reload_error"]
+        assert f"refused to serve {bad}" in served.log_tail(400)
+        r = httpx.post(f"{served.url}/recommend", json={"user_id": "u7"}, headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == current
+    finally:
+        versions.rollback()
+
+
+def test_admin_reload(served: ServedFolio, versions: Store) -> None:
+    url = f"{served.url}/admin/reload"
+    assert httpx.post(url, json={}, timeout=30).status_code == 401
+    current = served_version(served)["model_version"]
+    other = versions.save()
+    r = httpx.post(url, json={"tag": other}, headers=AUTH, timeout=120)
+    assert r.status_code == 200 and r.json() == {
+        "model_version": other,
+        "previous": current,
+        "request_id": r.headers["x-request-id"],
+    }
+    bad = _broken_missing_artifact(versions)
+    r = httpx.post(url, json={"tag": bad}, headers=AUTH, timeout=120)
+    assert r.status_code == 409 and "refused" in r.text and "missing ranker_int8.onnx" in r.text
+    back = httpx.post(url, json={}, headers=AUTH, timeout=120)  # back to the production version
+    assert back.status_code == 200 and back.json()["model_version"] == current
+
+
+def test_sigterm_drains_then_stops_triton(model_tag: str, tmp_path: Path) -> None:
+    """Readiness turns 503 at once; requests keep succeeding during the drain; then the process exits
+    and takes tritonserver with it. The clients act as a load balancer would: they stop sending new
+    requests a second after readiness turned 503 (well inside the 3 s drain), and none of theirs fails.
+    (A connection opened after the worker stopped accepting is reset: that is what the drain avoids.)"""
+    env = {"FOLIO_MODEL_TAG": model_tag, "FOLIO_STATE_DIR": str(tmp_path / "s"), "FOLIO_DRAIN_S": "3"}
+    served = ServedFolio(env, tmp_path / "serve.log").start()
+    try:
+        pid = httpx.post(f"{served.url}/info", json={}, timeout=30).json()["triton"]["pid"]
+        outcomes: list[str] = []
+        stop, removed = threading.Event(), threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set() and not removed.is_set():
+                try:
+                    r = httpx.post(f"{served.url}/recommend", json={"user_id": "u3"}, timeout=30)
+                    outcomes.append(str(r.status_code))
+                except httpx.ConnectError:
+                    outcomes.append("refused")  # the listener is gone: nothing was in flight
+                    time.sleep(0.05)
+                except httpx.HTTPError as exc:
+                    outcomes.append(f"broken: {exc!r}")
+
+        threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        assert served.proc is not None
+        os.kill(served.proc.pid, signal.SIGTERM)  # as a process manager would, to the main process only
+        deadline = time.monotonic() + 2
+        saw_503 = False
+        while time.monotonic() < deadline and not saw_503:
+            saw_503 = httpx.get(f"{served.url}/readyz", timeout=5).status_code == 503
+        served_during_drain = len([o for o in outcomes if o == "200"])
+        time.sleep(1)
+        removed.set()  # the load balancer has taken the pod out of rotation
+        assert saw_503, "readiness did not turn 503 on SIGTERM"
+        assert len([o for o in outcomes if o == "200"]) > served_during_drain, (
+            "stopped serving while draining"
+        )
+        served.proc.wait(60)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert set(outcomes) == {"200"}, [o for o in outcomes if o != "200"]
+        wait_until(lambda: group_gone(pid), 30, f"tritonserver {pid} outlived the service", served)
+    finally:
+        served.stop()
