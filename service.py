@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from runners.artifacts import ModelLoadError
+from runners.bento_image import bento_image
 from runners.fleet import Fleet, UnknownVariant, primary_tag
 from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
 from runners.lifecycle import Drain
@@ -45,11 +45,6 @@ from training import store
 
 log = logging.getLogger("runners.service")
 RUNTIME = Runtime()
-# The Bento's Python dependencies are pyproject's [project] dependencies (declared once, there).
-_PROJECT = tomllib.loads(Path(__file__).with_name("pyproject.toml").read_text())["project"]
-IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(
-    *_PROJECT["dependencies"]
-)
 
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -60,7 +55,7 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
 
 @bentoml.service(
     name="folio",
-    image=IMAGE,
+    image=bento_image(Path(__file__).with_name("pyproject.toml")),
     traffic={"timeout": 30},
     workers=load_settings().workers,
 )

@@ -75,12 +75,21 @@ async def deploy(
 async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton: bool) -> None:
     if require_triton and ranking.mode == "embedded" and not await ranking.triton_ready(timeout_s=5.0):
         raise ModelLoadError(f"{model.tag}: tritonserver did not load its rankers")
-    ids = np.arange(min(model.n_items, 8), dtype=np.int64)
-    row = np.zeros(model.spec.user_dim, dtype=np.float32)
+    ids = np.unique(np.linspace(0, model.n_items - 1, 16).astype(np.int64))
+    row = np.random.default_rng(0).standard_normal(model.spec.user_dim).astype(np.float32)
     for precision in ("int8", "fp16", "fp32"):
         result = await ranking.rank(ids, row, precision)
         if result.scores is None or result.scores.shape != ids.shape or not np.isfinite(result.scores).all():
             raise ModelLoadError(f"{model.tag}: the {precision} ranker does not score ({result.fallback})")
+        # A Triton answering with another version's rankers (an external one not re-rendered) would
+        # score silently wrong: its FP32 scores must match this version's in-process ranker.
+        if precision == "fp32" and result.fallback == "none":
+            diff = float(np.abs(result.scores - ranking.score_in_process("fp32", ids, row)).max())
+            if diff > 1e-2:
+                raise ModelLoadError(
+                    f"{model.tag}: Triton at {ranking.state()['url']} serves other rankers (max score "
+                    f"difference {diff:.3g}); render its repository from this version"
+                )
 
 
 async def retire(old: Deployment, grace_s: float) -> None:

@@ -278,6 +278,11 @@ class RankingStage:
             )
         return scores.reshape(-1).astype(np.float32, copy=False)
 
+    def score_in_process(self, precision: str, item_ids: np.ndarray, user_row: np.ndarray) -> np.ndarray:
+        """The in-process ONNX Runtime scores of this version's ranker (the reference Triton must match)."""
+        ids, user = self._check_inputs(item_ids, user_row)
+        return self._score_ort(self._check_precision(precision), ids, user)
+
     def _score_ort(self, variant: str, ids: np.ndarray, user: np.ndarray) -> np.ndarray:
         feeds = {"item_ids": ids, "user_features": user, "candidate_ends": np.array([ids.size], np.int32)}
         (scores,) = self._sessions[variant].run(["scores"], feeds)

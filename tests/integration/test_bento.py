@@ -34,10 +34,13 @@ def clean_checkout(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bento(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    src = clean_checkout(tmp_path_factory.mktemp("checkout"))
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clean_checkout(tmp_path_factory.mktemp("checkout"))
+
+
+def build(src: Path, model_tag: str, flavour: str) -> tuple[str, Path]:
     bentoml = Path(sys.executable).with_name("bentoml")
-    env = {**os.environ, "FOLIO_MODEL_TAG": model_tag}
+    env = {**os.environ, "FOLIO_MODEL_TAG": model_tag, "FOLIO_IMAGE_FLAVOUR": flavour}
     out = subprocess.run(
         [str(bentoml), "build", "-o", "tag"], cwd=src, env=env, capture_output=True, text=True, timeout=300
     )
@@ -47,6 +50,11 @@ def bento(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str
         [str(bentoml), "get", tag, "-o", "path"], env=env, capture_output=True, text=True, check=True
     )
     return tag, Path(info.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def bento(checkout: Path, model_tag: str) -> tuple[str, Path]:
+    return build(checkout, model_tag, "cpu")
 
 
 def test_bento_holds_code_config_and_the_served_model(bento: tuple[str, Path], model_tag: str) -> None:
@@ -86,3 +94,12 @@ def test_built_bento_is_served(bento: tuple[str, Path], model_tag: str, tmp_path
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model_version"] == model_tag and body["fallback"] == "none" and len(body["items"]) == 3
+
+
+def test_gpu_flavour_swaps_in_cuda_builds(checkout: Path, model_tag: str) -> None:
+    _, path = build(checkout, model_tag, "gpu")
+    assert "FROM nvidia/cuda:" in (path / "env" / "docker" / "Dockerfile").read_text()
+    requirements = (path / "env" / "python" / "requirements.txt").read_text().split()
+    names = {r.split(">")[0].split("=")[0].split("[")[0] for r in requirements}
+    assert {"faiss-gpu-cu12", "onnxruntime-gpu", "nvidia-pytriton"} <= names
+    assert not {"faiss-cpu", "onnxruntime", "torch"} & names
