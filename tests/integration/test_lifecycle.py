@@ -22,6 +22,7 @@ import pytest
 from runners.settings import hash_key
 from tests.integration.served import ROOT, ServedFolio
 from tests.integration.test_ranking_stage import group_gone
+from tests.integration.test_served import wait_for
 from training import store
 
 pytestmark = pytest.mark.integration
@@ -95,15 +96,6 @@ def served_version(served: ServedFolio) -> dict:
     return httpx.post(f"{served.url}/info", json={}, headers=AUTH, timeout=30).json()
 
 
-def wait_until(check, timeout_s: float, what: str, served: ServedFolio) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout_s}s\n{served.log_tail()}")
-
-
 class Traffic:
     """Requests in a loop from a thread, recording (status, model_version) of each."""
 
@@ -134,13 +126,13 @@ def test_promote_and_rollback_under_traffic(served: ServedFolio, versions: Store
     with Traffic(served.url) as traffic:
         second = versions.save()
         versions.promote(second)
-        wait_until(
-            lambda: served_version(served)["model_version"] == second, 60, "promotion not picked up", served
+        wait_for(
+            lambda: served_version(served)["model_version"] == second, 60, "promotion missed", served.log_tail
         )
         time.sleep(1)
         versions.rollback()
-        wait_until(
-            lambda: served_version(served)["model_version"] == first, 60, "rollback not picked up", served
+        wait_for(
+            lambda: served_version(served)["model_version"] == first, 60, "rollback missed", served.log_tail
         )
         time.sleep(1)
     statuses = {s for s, _ in traffic.results}
@@ -186,9 +178,8 @@ def test_broken_version_is_refused_and_current_keeps_serving(
     bad = breakage(versions)
     versions.promote(bad)
     try:
-        wait_until(
-            lambda: bad in (served_version(served).get("last_reload_error") or ""), 30, "no refusal", served
-        )
+        refused = lambda: bad in (served_version(served).get("last_reload_error") or "")  # noqa: E731
+        wait_for(refused, 30, "no refusal", served.log_tail)
         info = served_version(served)
         assert info["model_version"] == current and says in info["last_reload_error"]
         assert f"refused to serve {bad}" in served.log_tail(400)
@@ -261,6 +252,6 @@ def test_sigterm_drains_then_stops_triton(model_tag: str, tmp_path: Path) -> Non
         for t in threads:
             t.join(30)
         assert set(outcomes) == {"200"}, [o for o in outcomes if o != "200"]
-        wait_until(lambda: group_gone(pid), 30, f"tritonserver {pid} outlived the service", served)
+        wait_for(lambda: group_gone(pid), 30, f"tritonserver {pid} outlived the service", served.log_tail)
     finally:
         served.stop()
