@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.served import ROOT, ServedFolio
+from loadtests.servers import ROOT, ServedFolio
 
 pytestmark = pytest.mark.integration
 

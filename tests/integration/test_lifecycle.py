@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.servers import ROOT, ServedFolio
 from runners.settings import hash_key
-from tests.integration.served import ROOT, ServedFolio
 from tests.integration.test_ranking_stage import group_gone
 from tests.integration.test_served import wait_for
 from training import store

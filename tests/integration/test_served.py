@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.servers import ServedFolio
 from runners.settings import hash_key
 from runners.triton import TritonServer
-from tests.integration.served import ServedFolio
 from tests.integration.test_ranking_stage import group_gone
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.servers import ServedFolio
 from runners.triton import TritonServer
-from tests.integration.served import ServedFolio
 from tests.redis_server import RedisServer, dump_all
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,8 @@
-"""`bentoml serve` as a real child process for the end-to-end tests.
+"""`bentoml serve` as a real child process, for the end-to-end tests and the benchmarks.
 
-Starts the service on a free port with the given FOLIO_* environment, polls /readyz, fails fast with
-the server's output when the process dies, and stops the whole process group.
+Starts a service (Folio by default, or any `module:Class` / Bento tag) on a free loopback port with the
+given environment, polls /readyz, fails fast with the server's output when the process dies, and
+stops the whole process group.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 
 from runners.triton import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServedFolio:

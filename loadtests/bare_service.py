@@ -1,0 +1,13 @@
+"""The ceiling for the benchmarks: a bare BentoML endpoint returning a constant, served the same way
+as Folio (`bentoml serve`, one worker, same middleware-free JSON path)."""
+
+from __future__ import annotations
+
+import bentoml
+
+
+@bentoml.service(name="bare", traffic={"timeout": 30})
+class Bare:
+    @bentoml.api
+    async def ping(self) -> dict[str, str]:
+        return {"status": "ok"}

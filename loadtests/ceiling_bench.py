@@ -1,0 +1,168 @@
+"""Scenario 1, the ceiling: a bare BentoML endpoint against Folio's /recommend, same machine, same run.
+
+    python -m loadtests.ceiling_bench [--tag TAG] [--seconds 20] [--users 32] [--out docs/benchmarks]
+
+Each server is started here (`bentoml serve`, one worker, loopback), warmed up, loaded with Locust
+(loadtests/locustfile.py, headless, one process) and stopped before the next one starts:
+
+* bare: loadtests/bare_service.py, a constant JSON answer;
+* miss: Folio with the result cache off (FOLIO_CACHE_TTL_S=0): every request retrieves 500 candidates,
+  ranks them on the embedded Triton (INT8) and applies the rules;
+* hit: Folio with the cache on, a few users asked again and again.
+
+Saturation: closed loop, ``--users`` users with no think time; RPS and latency percentiles. Fixed load:
+Locust users paced to the offered rate (miss at 100 RPS for ``--fixed-seconds``, hit at 300 RPS), and a
+sweep of offered loads for the latency-vs-RPS plot. Locust shares the 2 cores with the server: the
+ratios (measured side by side) are the figures to compare, not the absolute RPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loadtests.servers import ROOT, ServedFolio
+
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+
+
+def locust(host: str, user_class: str, users: int, seconds: int, work: Path, rps_per_user: float = 0) -> dict:
+    """One headless Locust run; the aggregated row of its stats CSV."""
+    prefix = work / f"{user_class}-{users}-{rps_per_user}-{seconds}"
+    env = {**os.environ, "FOLIO_LOAD_RPS_PER_USER": str(rps_per_user) if rps_per_user else ""}
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--csv", str(prefix),
+        "--host", host, "--loglevel", "WARNING", user_class,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds + 120)
+    with open(f"{prefix}_stats.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    result = {
+        "users": users,
+        "offered_rps": users * rps_per_user if rps_per_user else None,
+        "rps": float(row["Requests/s"]),
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "p50_ms": float(row["50%"]),
+        "p95_ms": float(row["95%"]),
+        "p99_ms": float(row["99%"]),
+    }
+    if out.returncode not in (0, 1):  # 1: some requests failed, reported in the stats
+        raise RuntimeError(f"locust failed ({out.returncode}): {out.stderr[-2000:]}")
+    return result
+
+
+def measure(target: str, env: dict[str, str], user_class: str, args: argparse.Namespace, work: Path) -> dict:
+    log = work / f"{user_class}.log"
+    with ServedFolio(env, log, target=target) as served:
+        locust(served.url, user_class, args.users, 5, work)  # warm-up (caches, Triton, JIT paths)
+        result: dict[str, Any] = {
+            "saturation": locust(served.url, user_class, args.users, args.seconds, work)
+        }
+        if user_class == "RecommendMiss":
+            result["fixed"] = locust(served.url, user_class, 20, args.fixed_seconds, work, rps_per_user=5)
+            result["sweep"] = [
+                locust(served.url, user_class, 10, max(10, args.seconds // 2), work, rps_per_user=rps / 10)
+                for rps in args.sweep
+            ]
+        if user_class == "RecommendHit":
+            result["fixed"] = locust(
+                served.url, user_class, 30, args.fixed_seconds // 2, work, rps_per_user=10
+            )
+    return result
+
+
+def markdown(r: dict) -> str:
+    bare, miss, hit = (r[k]["saturation"] for k in ("bare", "miss", "hit"))
+    lines = [
+        "| server | RPS at saturation | ratio to bare | p50 ms | p95 ms | p99 ms | failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in (
+        ("bare BentoML endpoint", bare),
+        ("/recommend cache miss", miss),
+        ("/recommend cache hit", hit),
+    ):
+        ratio = s["rps"] / bare["rps"]
+        lines.append(
+            f"| {name} | {s['rps']:.0f} | {ratio:.2f} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
+            f"{s['p99_ms']:.0f} | {s['failures']} |"
+        )
+    fm, fh = r["miss"]["fixed"], r["hit"]["fixed"]
+    lines += [
+        "",
+        f"Fixed load: cache miss at {fm['offered_rps']:.0f} RPS offered ({fm['rps']:.0f} served) for "
+        f"{r['fixed_seconds']} s: p99 {fm['p99_ms']:.0f} ms, {fm['failures']} errors "
+        "(target <= 50 ms, 0 errors); "
+        f"cache hit at {fh['offered_rps']:.0f} RPS offered ({fh['rps']:.0f} served): "
+        f"p99 {fh['p99_ms']:.0f} ms (target <= 10 ms).",
+        f"Targets: miss >= 0.50 of bare: {miss['rps'] / bare['rps']:.2f}; hit >= 0.85 of bare: "
+        f"{hit['rps'] / bare['rps']:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sweep = r["miss"]["sweep"]
+    offered = [s["offered_rps"] for s in sweep]
+    for q in ("p50_ms", "p95_ms", "p99_ms"):
+        left.plot(offered, [s[q] for s in sweep], marker="o", label=q.removesuffix("_ms"))
+    left.set(xlabel="offered RPS", ylabel="latency (ms)", title="/recommend cache miss: latency vs load")
+    left.legend()
+    names = ["bare", "miss", "hit"]
+    right.bar(names, [r[n]["saturation"]["rps"] for n in names], color=["grey", "tab:blue", "tab:green"])
+    right.set(ylabel="requests/s at saturation", title="the ceiling and Folio, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tag", default=None, help="model store tag (default: production)")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--fixed-seconds", type=int, default=60)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument(
+        "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[25, 50, 100, 150, 200]
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args(argv)
+    from runners.artifacts import served_tag
+
+    tag = served_tag(args.tag)
+    folio = {"FOLIO_MODEL_TAG": tag, "FOLIO_RATE_LIMIT_RPS": "0", "FOLIO_PRECISION": "int8"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results: dict[str, Any] = {"model": tag, "fixed_seconds": args.fixed_seconds, "users": args.users}
+        results["bare"] = measure("loadtests.bare_service:Bare", {}, "BarePing", args, work)
+        miss_env = folio | {"FOLIO_CACHE_TTL_S": "0", "FOLIO_STATE_DIR": str(work / "miss")}
+        results["miss"] = measure("service:Recommender", miss_env, "RecommendMiss", args, work)
+        hit_env = folio | {"FOLIO_STATE_DIR": str(work / "hit")}
+        results["hit"] = measure("service:Recommender", hit_env, "RecommendHit", args, work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ceiling.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / "ceiling.png")
+    results["markdown"] = markdown(results)
+    print(results["markdown"])
+    return results
+
+
+if __name__ == "__main__":
+    main()

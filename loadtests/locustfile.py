@@ -1,0 +1,130 @@
+"""Locust scenarios against a running Folio (any base URL).
+
+    locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s --csv out/mix --host http://127.0.0.1:3000
+
+The default user class, ``FolioMix``, is a realistic mix: 70% /recommend for known users drawn with Zipf
+popularity (the most active readers come back most), 10% /recommend for cold users, 10% /similar,
+5% /trending, 5% /feedback. Each request carries a fresh ``X-Request-ID``; ``FOLIO_API_KEY`` adds
+``Authorization: Bearer``. Known user and item ids come from ``FOLIO_LOAD_USERS`` / ``FOLIO_LOAD_ITEMS``
+(comma-separated, or a ``@file`` with one id a line), else from the local store's production version.
+Single-endpoint classes (``RecommendMiss``, ``RecommendHit``, ``BarePing``) serve the benchmarks;
+``FOLIO_LOAD_RPS_PER_USER`` paces every user (offered load = users x rate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from locust import FastHttpUser, constant, constant_throughput, task
+
+ZIPF_S = 1.1
+
+
+def _ids(env: str) -> list[str] | None:
+    value = os.environ.get(env)
+    if not value:
+        return None
+    if value.startswith("@"):
+        return [line.strip() for line in Path(value[1:]).read_text().splitlines() if line.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cache
+def population() -> tuple[list[str], np.ndarray, list[str]]:
+    """(users by activity, their Zipf probabilities, item ids)."""
+    users, items = _ids("FOLIO_LOAD_USERS"), _ids("FOLIO_LOAD_ITEMS")
+    if users is None or items is None:
+        from training import store
+
+        model = store.production()
+        if model is None:
+            raise RuntimeError("set FOLIO_LOAD_USERS and FOLIO_LOAD_ITEMS, or promote a model locally")
+        path = Path(model.path)
+        with np.load(path / "histories.npz") as h:
+            counts = np.diff(h["indptr"])
+            order = np.argsort(-counts, kind="stable")
+            users = users or [str(u) for u in h["user_ids"][order]]
+        items = items or [c["item_id"] for c in json.loads((path / "catalog.json").read_text())]
+    weights = 1.0 / np.arange(1, len(users) + 1) ** ZIPF_S
+    return users, weights / weights.sum(), items
+
+
+def _pacing():  # type: ignore[no-untyped-def]
+    """FOLIO_LOAD_RPS_PER_USER fixes each user's rate (open-ish loop at users x rate); else no wait."""
+    rate = os.environ.get("FOLIO_LOAD_RPS_PER_USER")
+    return constant_throughput(float(rate)) if rate else constant(0)
+
+
+class _Folio(FastHttpUser):
+    abstract = True
+    wait_time = _pacing()
+
+    def headers(self) -> dict[str, str]:
+        h = {"X-Request-ID": uuid.uuid4().hex, "Content-Type": "application/json"}
+        if key := os.environ.get("FOLIO_API_KEY"):
+            h["Authorization"] = f"Bearer {key}"
+        return h
+
+    def post(self, route: str, body: dict, name: str | None = None) -> None:
+        self.client.post(route, data=json.dumps(body), headers=self.headers(), name=name or route)
+
+    def known_user(self) -> str:
+        users, p, _ = population()
+        return users[int(np.random.choice(len(users), p=p))]
+
+    def item(self) -> str:
+        return random.choice(population()[2])
+
+
+class FolioMix(_Folio):
+    @task(70)
+    def recommend_known(self) -> None:
+        self.post("/recommend", {"user_id": self.known_user(), "k": 10}, name="/recommend known")
+
+    @task(10)
+    def recommend_cold(self) -> None:
+        self.post("/recommend", {"user_id": f"cold-{uuid.uuid4().hex[:12]}", "k": 10}, name="/recommend cold")
+
+    @task(10)
+    def similar(self) -> None:
+        self.post("/similar", {"item_id": self.item(), "k": 10})
+
+    @task(5)
+    def trending(self) -> None:
+        self.post("/trending", {"k": 10})
+
+    @task(5)
+    def feedback(self) -> None:
+        event = random.choice(["view", "click", "add_to_cart", "purchase"])
+        self.post("/feedback", {"user_id": self.known_user(), "item_id": self.item(), "event": event})
+
+
+class RecommendMiss(_Folio):
+    """Every request a cache miss (serve with FOLIO_CACHE_TTL_S=0): retrieve, rank on Triton, top 10."""
+
+    @task
+    def recommend(self) -> None:
+        users = population()[0]
+        self.post("/recommend", {"user_id": random.choice(users), "k": 10})
+
+
+class RecommendHit(_Folio):
+    """Every request a cache hit once warm: a few users, asked again and again."""
+
+    @task
+    def recommend(self) -> None:
+        self.post("/recommend", {"user_id": random.choice(population()[0][:20]), "k": 10})
+
+
+class BarePing(_Folio):
+    """The ceiling: loadtests/bare_service.py's constant endpoint."""
+
+    @task
+    def ping(self) -> None:
+        self.post("/ping", {})

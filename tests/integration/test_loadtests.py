@@ -1,0 +1,27 @@
+"""The Locust scenarios run headless against real servers and get only successes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtests.ceiling_bench import locust
+from loadtests.servers import ServedFolio
+
+pytestmark = pytest.mark.integration
+
+
+def test_bare_ceiling_endpoint(tmp_path: Path) -> None:
+    with ServedFolio({}, tmp_path / "bare.log", target="loadtests.bare_service:Bare") as bare:
+        result = locust(bare.url, "BarePing", 4, 3, tmp_path)
+    assert result["requests"] > 20 and result["failures"] == 0 and result["rps"] > 0
+
+
+def test_realistic_mix_succeeds(model_tag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOLIO_LOAD_USERS", ",".join(f"u{n}" for n in range(100)))
+    monkeypatch.setenv("FOLIO_LOAD_ITEMS", ",".join(f"b{n}" for n in range(60)))
+    env = {"FOLIO_MODEL_TAG": model_tag, "FOLIO_STATE_DIR": str(tmp_path / "s"), "FOLIO_RATE_LIMIT_RPS": "0"}
+    with ServedFolio(env, tmp_path / "folio.log") as served:
+        result = locust(served.url, "FolioMix", 8, 6, tmp_path)
+    assert result["requests"] > 30 and result["failures"] == 0, result
