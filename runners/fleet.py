@@ -15,6 +15,8 @@ import logging
 import time
 from typing import Any
 
+from starlette.responses import Response
+
 from runners import artifacts
 from runners.lifecycle import Deployment, deploy, retire
 from runners.metrics import (
@@ -24,6 +26,7 @@ from runners.metrics import (
     VARIANT_REQUESTS,
     VARIANT_SECONDS,
 )
+from runners.recommender import CachedResult
 from runners.schemas import RecommendRequest, RecommendResponse
 from runners.settings import PRECISIONS, Settings
 from runners.store import StateStore
@@ -97,18 +100,22 @@ class Fleet:
     def variant_of(self, user_id: str) -> str:
         return self.assigner.assign(user_id).name
 
-    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse | Response:
+        """The response model, or for a cache hit the ready JSON body (shadows score misses only)."""
         variant, precision = self.route(req.user_id, req.variant)
         start = time.perf_counter()
-        response = await self.deployments[variant.model].pipeline.recommend(req, precision, request_id)
-        response.variant = variant.name
+        result = await self.deployments[variant.model].pipeline.recommend(req, precision, request_id)
         VARIANT_SECONDS.labels(variant=variant.name).observe(time.perf_counter() - start)
         VARIANT_REQUESTS.labels(variant=variant.name).inc()
-        VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(len(response.items))
+        if isinstance(result, CachedResult):
+            VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(result.n_items)
+            return Response(result.render(request_id, variant.name), media_type="application/json")
+        result.variant = variant.name
+        VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(len(result.items))
         for shadow in self.config.shadows:
             if self.assigner.sampled_for_shadow(request_id):
-                self._background(self._shadow(shadow, req, response))
-        return response
+                self._background(self._shadow(shadow, req, result))
+        return result
 
     async def _shadow(self, shadow: Variant, req: RecommendRequest, served: RecommendResponse) -> None:
         try:

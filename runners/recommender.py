@@ -37,6 +37,25 @@ class UnknownItem(LookupError):
     pass
 
 
+PER_REQUEST_FIELDS = {"cached", "request_id", "variant"}
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    """A cache hit kept as the stored JSON (the response without its per-request fields): the hot
+    path neither parses nor re-validates it, it only prepends those fields."""
+
+    body: str
+
+    def render(self, request_id: str, variant: str) -> bytes:
+        head = json.dumps({"cached": True, "request_id": request_id, "variant": variant})
+        return f"{head[:-1]},{self.body[1:]}".encode()
+
+    @property
+    def n_items(self) -> int:
+        return self.body.count('"item_id"')
+
+
 @dataclass(frozen=True)
 class UserState:
     history: np.ndarray  # int64 positives (training + feedback), oldest first, unique
@@ -109,17 +128,19 @@ class Recommender:
                 scores[pos] += weight
         return scores
 
-    async def recommend(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
+    async def recommend(
+        self, req: RecommendRequest, precision: str, request_id: str
+    ) -> RecommendResponse | CachedResult:
         params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision])
         with timed("cache"):
             generation = await self.cache.generation(req.user_id)
             hit = await self.cache.get(req.user_id, generation, params)
         if hit is not None:
-            body = json.loads(hit) | {"cached": True, "request_id": request_id}
-            return RecommendResponse.model_validate(body)
+            return CachedResult(hit)
         response = await self.compute(req, precision, request_id)
         if response.fallback == "none":  # fallbacks are not cached: recovery shows at once
-            await self.cache.put(req.user_id, generation, params, response.model_dump_json())
+            body = response.model_dump_json(exclude=PER_REQUEST_FIELDS)
+            await self.cache.put(req.user_id, generation, params, body)
         return response
 
     async def compute(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
