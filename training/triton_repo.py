@@ -133,8 +133,14 @@ def render_config(
     intra_op_threads: int = 1,
     max_candidates: int = 1000,
     trt_cache_dir: str = "/tmp/folio_trt_cache",
+    dynamic_batching: bool = True,
 ) -> str:
-    """The `config.pbtxt` text of one variant (fields in the Triton tutorials' order)."""
+    """The `config.pbtxt` text of one variant (fields in the Triton tutorials' order).
+
+    `dynamic_batching=False` leaves the `dynamic_batching` block out: Triton's default scheduler then
+    hands every request to its own execution (batch of one request), which is what a benchmark of
+    batching on vs off compares against. `max_batch_size` stays as is, so the request contract is the same.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if target not in TARGETS:
@@ -151,7 +157,7 @@ def render_config(
             header,
             _io_section(meta),
             _OUTPUT,
-            _dynamic_batching(max_queue_delay_us, preferred_batch_sizes),
+            *([_dynamic_batching(max_queue_delay_us, preferred_batch_sizes)] if dynamic_batching else []),
             _instance_group("KIND_CPU", instances),
             _parameters(
                 {
@@ -201,7 +207,7 @@ def render_config(
     source_input: "item_ids"
   }
 ]""",
-            _dynamic_batching(max_queue_delay_us, preferred_batch_sizes),
+            *([_dynamic_batching(max_queue_delay_us, preferred_batch_sizes)] if dynamic_batching else []),
             _instance_group("KIND_GPU", instances),
             "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator [\n      {\n"
             + '        name: "tensorrt"\n'
@@ -222,6 +228,7 @@ def render_triton(
     preferred_batch_sizes: tuple[int, ...] = (),
     intra_op_threads: int = 1,
     max_candidates: int = 1000,
+    dynamic_batching: bool = True,
 ) -> list[Path]:
     """Write `out/ranker_{int8,fp16,fp32}/` for `target` ("cpu" or "gpu"); return the model dirs.
 
@@ -251,6 +258,7 @@ def render_triton(
             preferred_batch_sizes=preferred_batch_sizes,
             intra_op_threads=intra_op_threads,
             max_candidates=max_candidates,
+            dynamic_batching=dynamic_batching,
         )
         model_path = out / model_name(variant)
         model_path.mkdir(exist_ok=True)
