@@ -55,7 +55,7 @@ from models.user_encoder import RetrievalWeights
 from training import store
 from training.export import ParityError, check_parity, export_all
 from training.index import EXACT_MAX_ITEMS, build_index, recall_at_k
-from training.pipeline import Candidates, histories, retrieve
+from training.pipeline import Candidates, histories, listwise_loss, retrieve
 from training.protocol import Fold
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,7 @@ def _fit_ranker(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread is faster, above all on a shared machine
     for _ in range(steps):
-        b = rng.choice(fit, size=min(64, fit.size), replace=False)
-        ids = torch.from_numpy(cands.items[b].reshape(-1))
-        rows = torch.from_numpy(np.repeat(cands.features[b], n, axis=0))
-        logits = ranker.score_rows(ids, rows).view(len(b), n)
-        y = torch.from_numpy(labels[b])
-        out = -((torch.log_softmax(logits, 1) * y).sum(1) / y.sum(1)).mean()
+        out = listwise_loss(ranker, cands, labels, rng.choice(fit, size=min(64, fit.size), replace=False))
         opt.zero_grad()
         out.backward()
         opt.step()

@@ -107,6 +107,16 @@ def evaluate_pipeline(
     return evaluate_scores(score, seen, target, users, item_genres, item_pop, batch=batch)
 
 
+def listwise_loss(model: Ranker, cands: Candidates, labels: np.ndarray, users: np.ndarray) -> torch.Tensor:
+    """Softmax cross-entropy of each user's candidate list against its positives (labels [U, N] 0/1)."""
+    n = cands.items.shape[1]
+    ids = torch.from_numpy(cands.items[users].reshape(-1))
+    rows = torch.from_numpy(np.repeat(cands.features[users], n, axis=0))
+    logits = model.score_rows(ids, rows).view(len(users), n)
+    y = torch.from_numpy(labels[users])
+    return -((torch.log_softmax(logits, 1) * y).sum(1) / y.sum(1)).mean()
+
+
 def train_ranker(
     spec: FeatureSpec,
     tables: ItemTables,
@@ -146,12 +156,7 @@ def train_ranker(
         model.train()
         rng.shuffle(fit)
         for start in range(0, fit.size, cfg.users_per_batch):
-            b = fit[start : start + cfg.users_per_batch]
-            ids = torch.from_numpy(cands.items[b].reshape(-1))
-            rows = torch.from_numpy(np.repeat(cands.features[b], n, axis=0))
-            logits = model.score_rows(ids, rows).view(len(b), n)
-            y = torch.from_numpy(labels[b])
-            loss = -((torch.log_softmax(logits, 1) * y).sum(1) / y.sum(1)).mean()
+            loss = listwise_loss(model, cands, labels, fit[start : start + cfg.users_per_batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
