@@ -17,6 +17,7 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
+from runners import bentoml_fixes
 from runners.artifacts import ModelLoadError
 from runners.bento_image import bento_image
 from runners.fleet import Fleet, UnknownVariant, primary_tag
@@ -41,9 +42,11 @@ from runners.schemas import (
 )
 from runners.settings import load_settings
 from runners.store import StateUnavailable, open_state
+from runners.threads import limit_numeric_threads
 from training import store
 
 log = logging.getLogger("runners.service")
+bentoml_fixes.install()  # before BentoML builds the app: see the module
 RUNTIME = Runtime()
 
 
@@ -67,6 +70,7 @@ class Recommender:
     def __init__(self) -> None:
         configure_logging()
         self.settings = load_settings()
+        limit_numeric_threads(self.settings.numeric_threads)
         self.state = open_state(
             self.settings.redis_url,
             self.settings.state_dir / "journal.jsonl",

@@ -1,9 +1,13 @@
 """The ceiling for the benchmarks: a bare BentoML endpoint returning a constant, served the same way
-as Folio (`bentoml serve`, one worker, same middleware-free JSON path)."""
+as Folio (`bentoml serve`, one worker, the same fix to BentoML's timeout middleware)."""
 
 from __future__ import annotations
 
 import bentoml
+
+from runners import bentoml_fixes
+
+bentoml_fixes.install()
 
 
 @bentoml.service(name="bare", traffic={"timeout": 30})

@@ -16,43 +16,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import uuid
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 from locust import FastHttpUser, constant, constant_throughput, task
 
-ZIPF_S = 1.1
-
-
-def _ids(env: str) -> list[str] | None:
-    value = os.environ.get(env)
-    if not value:
-        return None
-    if value.startswith("@"):
-        return [line.strip() for line in Path(value[1:]).read_text().splitlines() if line.strip()]
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-@cache
-def population() -> tuple[list[str], np.ndarray, list[str]]:
-    """(users by activity, their Zipf probabilities, item ids)."""
-    users, items = _ids("FOLIO_LOAD_USERS"), _ids("FOLIO_LOAD_ITEMS")
-    if users is None or items is None:
-        from training import store
-
-        model = store.production()
-        if model is None:
-            raise RuntimeError("set FOLIO_LOAD_USERS and FOLIO_LOAD_ITEMS, or promote a model locally")
-        path = Path(model.path)
-        with np.load(path / "histories.npz") as h:
-            counts = np.diff(h["indptr"])
-            order = np.argsort(-counts, kind="stable")
-            users = users or [str(u) for u in h["user_ids"][order]]
-        items = items or [c["item_id"] for c in json.loads((path / "catalog.json").read_text())]
-    weights = 1.0 / np.arange(1, len(users) + 1) ** ZIPF_S
-    return users, weights / weights.sum(), items
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` from anywhere
+from loadtests.population import population
 
 
 def _pacing():  # type: ignore[no-untyped-def]

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(3, ge=1, le=1000)
     breaker_reset_s: float = Field(5.0, gt=0, le=3600)
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (use Redis when > 1)")
+    numeric_threads: int = Field(
+        1, ge=1, le=256, description="BLAS / OpenMP threads per worker (scale with workers, not this)"
+    )
     redis_url: str | None = Field(None, description="redis://...; unset: in-process state + local journal")
     state_dir: Path = Field(Path(".folio/state"), description="journal + embedded Triton work files")
     # recommendation behaviour

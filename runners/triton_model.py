@@ -9,13 +9,17 @@ candidate counts differ):
     user_features  TYPE_FP32  [1, D]   the request's user row
     -> scores      TYPE_FP32  [1, n]   one score per candidate, in the order of item_ids
 
-`execute` merges all requests of the batch into ONE ONNX Runtime run, using the ranker contract
+`execute` merges consecutive requests of the batch into ONNX Runtime runs of at most
+`max_candidates_per_run` candidates (a larger request runs alone), using the ranker contract
 (item_ids int64 [R], user_features float32 [B, D], candidate_ends int32 [B] cumulative counts ->
-scores float32 [R]), then splits the scores back per request. A malformed request (wrong batch size,
-ids out of range) gets its own error response; the others are still served.
+scores float32 [R]), then splits the scores back per request. Why not one run for the whole batch: on
+CPU this ranker's cost per candidate grows with the run (activations leave the cache; measured INT8,
+1 thread: 905k candidates/s at 500 a run, 445k at 32,000), while the batch still saves the backend's
+per-execute overhead. A malformed request (wrong batch size, ids out of range) gets its own error
+response; the others are still served.
 
 Model config parameters (string values): `intra_op_num_threads` (default 1), `n_items` (ids must lie
-in [0, n_items); optional), `onnx_file` (default model.onnx).
+in [0, n_items); optional), `onnx_file` (default model.onnx), `max_candidates_per_run` (default 1024).
 """
 
 from __future__ import annotations
@@ -59,6 +63,20 @@ def merge(ids: list[np.ndarray], user_rows: list[np.ndarray]) -> tuple[np.ndarra
     return item_ids, user_features, candidate_ends
 
 
+def runs(counts: list[int], limit: int) -> list[slice]:
+    """Consecutive groups of requests with at most ``limit`` candidates in all (a larger one alone)."""
+    groups: list[slice] = []
+    start, total = 0, 0
+    for i, n in enumerate(counts):
+        if i > start and total + n > limit:
+            groups.append(slice(start, i))
+            start, total = i, 0
+        total += n
+    if counts:
+        groups.append(slice(start, len(counts)))
+    return groups
+
+
 def split(scores: np.ndarray, candidate_ends: np.ndarray) -> list[np.ndarray]:
     """Inverse of `merge` for the model output: one score array per request."""
     if scores.shape[0] != (int(candidate_ends[-1]) if len(candidate_ends) else 0):
@@ -76,6 +94,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.model_name = config["name"]
         self.n_items = int(params["n_items"]) if params.get("n_items") else None
+        self.max_candidates_per_run = int(params.get("max_candidates_per_run") or 1024)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         onnx_path = version_dir / (params.get("onnx_file") or "model.onnx")
 
@@ -119,23 +138,24 @@ class TritonPythonModel:
             ids.append(request_ids)
             rows.append(user)
 
-        if valid:
-            merged = merge(ids, rows)
-            results: list[np.ndarray | Exception]
+        results: list[np.ndarray | Exception] = []
+        for run in runs([len(x) for x in ids], self.max_candidates_per_run):
+            merged = merge(ids[run], rows[run])
             try:
-                results = list(split(self._run(*merged), merged[2]))
+                results.extend(split(self._run(*merged), merged[2]))
             except Exception:
                 # Should not happen after validation; isolate the failing request(s) instead of
-                # failing the whole batch.
-                results = [
-                    self._run_alone(request_ids, row) for request_ids, row in zip(ids, rows, strict=True)
-                ]
-            for i, result in zip(valid, results, strict=True):
-                if isinstance(result, Exception):
-                    error = pb_utils.TritonError(f"{self.model_name}: scoring failed: {result}")
-                    responses[i] = pb_utils.InferenceResponse(error=error)
-                else:
-                    responses[i] = self._response(result)
+                # failing the whole run.
+                results.extend(
+                    self._run_alone(request_ids, row)
+                    for request_ids, row in zip(ids[run], rows[run], strict=True)
+                )
+        for i, result in zip(valid, results, strict=True):
+            if isinstance(result, Exception):
+                error = pb_utils.TritonError(f"{self.model_name}: scoring failed: {result}")
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            else:
+                responses[i] = self._response(result)
         return responses
 
     def _run_alone(self, request_ids: np.ndarray, row: np.ndarray) -> np.ndarray | Exception:

@@ -131,6 +131,7 @@ def render_config(
     instances: int = 1,
     preferred_batch_sizes: tuple[int, ...] = (),
     intra_op_threads: int = 1,
+    max_candidates_per_run: int = 1024,
     max_candidates: int = 1000,
     trt_cache_dir: str = "/tmp/folio_trt_cache",
     dynamic_batching: bool = True,
@@ -162,6 +163,7 @@ def render_config(
             _parameters(
                 {
                     "intra_op_num_threads": str(intra_op_threads),
+                    "max_candidates_per_run": str(max_candidates_per_run),
                     "n_items": str(meta.n_items),
                     "onnx_file": "model.onnx",
                     "variant": variant,
@@ -227,6 +229,7 @@ def render_triton(
     instances: int = 1,
     preferred_batch_sizes: tuple[int, ...] = (),
     intra_op_threads: int = 1,
+    max_candidates_per_run: int = 1024,
     max_candidates: int = 1000,
     dynamic_batching: bool = True,
 ) -> list[Path]:
@@ -257,6 +260,7 @@ def render_triton(
             instances=instances,
             preferred_batch_sizes=preferred_batch_sizes,
             intra_op_threads=intra_op_threads,
+            max_candidates_per_run=max_candidates_per_run,
             max_candidates=max_candidates,
             dynamic_batching=dynamic_batching,
         )
@@ -311,7 +315,9 @@ Request contract (one request per user, same for both targets):
 `backend: "python"`: `1/model.py` (a copy of `runners/triton_model.py`) runs `1/model.onnx` with
 ONNX Runtime's CPU provider (`intra_op_num_threads` parameter, default 1). `item_ids` has
 `allow_ragged_batch: true`, so the dynamic batcher merges requests with different candidate counts
-into one `execute()`, which concatenates them, computes `candidate_ends` and runs the graph once.
+into one `execute()`, which concatenates them into runs of at most `max_candidates_per_run`
+candidates (default 1024; the CPU cost per candidate grows with larger runs), computes
+`candidate_ends` and runs the graph once per run.
 Served by the tritonserver binary of the `nvidia-pytriton` wheel through `runners/triton.py`.
 
 ## target "gpu" (NGC `nvcr.io/nvidia/tritonserver:<yy.mm>-py3` image)

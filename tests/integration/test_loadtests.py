@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.ceiling_bench import locust
+from loadtests.openloop import open_loop
 from loadtests.servers import ServedFolio
 
 pytestmark = pytest.mark.integration
@@ -25,3 +26,12 @@ def test_realistic_mix_succeeds(model_tag: str, tmp_path: Path, monkeypatch: pyt
     with ServedFolio(env, tmp_path / "folio.log") as served:
         result = locust(served.url, "FolioMix", 8, 6, tmp_path)
     assert result["requests"] > 30 and result["failures"] == 0, result
+
+
+def test_open_loop_generator_against_the_bare_endpoint(tmp_path: Path) -> None:
+    with ServedFolio({}, tmp_path / "bare.log", target="loadtests.bare_service:Bare") as bare:
+        result = open_loop(bare.url, "/ping", lambda _i: {}, rps=50, seconds=2, warmup_s=0.5)
+        missing = open_loop(bare.url, "/no-such-route", lambda _i: {}, rps=20, seconds=1, warmup_s=0)
+    assert result["requests"] == 100 and result["errors"] == 0, result
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert missing["errors"] == missing["requests"] == 20  # non-200 answers count as errors

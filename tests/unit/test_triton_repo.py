@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runners.triton_model import RequestError, merge, split, validate_request
+from runners.triton_model import RequestError, merge, runs, split, validate_request
 from training.triton_repo import MODEL_PY, VARIANTS, render_triton
 
 D, N = 24, 1000
@@ -97,6 +97,7 @@ def test_cpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
         assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 2
         params = {k: p.string_value for k, p in cfg.parameters.items()}
         assert params["intra_op_num_threads"] == "1" and params["n_items"] == str(N)
+        assert params["max_candidates_per_run"] == "1024"
         assert params["variant"] == v
         assert not cfg.batch_input and not cfg.batch_output and not cfg.HasField("optimization")
         version = out / f"ranker_{v}" / "1"
@@ -199,6 +200,20 @@ def test_merge_and_split_round_trip() -> None:
         split(np.zeros(8, dtype=np.float32), ends)
 
 
+@pytest.mark.parametrize(
+    ("counts", "limit", "expected"),
+    [
+        ([500, 500, 500], 1024, [(0, 2), (2, 3)]),  # two 500-candidate requests a run
+        ([2000, 10, 10], 1024, [(0, 1), (1, 3)]),  # a request over the limit runs alone
+        ([1, 1, 1], 1, [(0, 1), (1, 2), (2, 3)]),
+        ([300, 300], 10_000, [(0, 2)]),
+        ([], 1024, []),
+    ],
+)
+def test_runs_group_consecutive_requests_under_the_limit(counts, limit, expected) -> None:
+    assert [(r.start, r.stop) for r in runs(counts, limit)] == expected
+
+
 def test_validate_request() -> None:
     user = np.zeros((1, 4), dtype=np.float32)
     assert validate_request(np.array([[0, 9]]), user, 10).tolist() == [0, 9]
@@ -265,6 +280,7 @@ def python_model(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(triton_model, "pb_utils", fake)
     model = triton_model.TritonPythonModel()
     model.model_name, model.n_items, model.session = "ranker_test", 100, _FakeSession()
+    model.max_candidates_per_run = 1024
     return model
 
 
@@ -296,6 +312,19 @@ def test_execute_merges_ragged_requests_into_one_run(python_model) -> None:
     assert scores[5] == [[2004.75, 2005.75, 2006.75, 2008.75, 2009.75]]
     assert responses[1].error.code == "INVALID_ARG" and "[0, 100)" in responses[1].error.message
     assert responses[3].error.code == "INVALID_ARG" and "user_features" in responses[3].error.message
+
+
+def test_execute_splits_a_large_batch_into_runs(python_model) -> None:
+    python_model.max_candidates_per_run = 4
+    responses = python_model.execute([_request([1, 2, 3], 0.0), _request([4], 0.0), _request([5, 6], 0.0)])
+    calls = python_model.session.calls
+    assert [c["item_ids"].tolist() for c in calls] == [[1, 2, 3, 4], [5, 6]]
+    assert [c["candidate_ends"].tolist() for c in calls] == [[3, 4], [2]]
+    assert [r.output_tensors[0].array.tolist() for r in responses] == [
+        [[1.0, 2.0, 3.0]],
+        [[1004.0]],
+        [[5.0, 6.0]],
+    ]
 
 
 def test_execute_isolates_a_request_the_model_fails_on(python_model) -> None:
