@@ -32,16 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.openloop import open_loop
-from loadtests.population import population
+from loadtests.population import HIT_USERS, population
 from loadtests.servers import ROOT, ServedFolio
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
 
-def locust(host: str, user_class: str, users: int, seconds: int, work: Path, rps_per_user: float = 0) -> dict:
-    """One headless Locust run; the aggregated row of its stats CSV."""
-    prefix = work / f"{user_class}-{users}-{rps_per_user}-{seconds}"
-    env = {**os.environ, "FOLIO_LOAD_RPS_PER_USER": str(rps_per_user) if rps_per_user else ""}
+def locust(host: str, user_class: str, users: int, seconds: int, work: Path) -> dict:
+    """One headless Locust run, closed loop (no pacing); the aggregated row of its stats CSV."""
+    prefix = work / f"{user_class}-{users}-{seconds}"
+    env = {**os.environ, "FOLIO_LOAD_RPS_PER_USER": ""}
     cmd = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--csv", str(prefix),
@@ -52,7 +52,6 @@ def locust(host: str, user_class: str, users: int, seconds: int, work: Path, rps
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     result = {
         "users": users,
-        "offered_rps": users * rps_per_user if rps_per_user else None,
         "rps": float(row["Requests/s"]),
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),
@@ -66,9 +65,9 @@ def locust(host: str, user_class: str, users: int, seconds: int, work: Path, rps
 
 
 def bodies(user_class: str) -> Callable[[int], dict[str, Any]]:
-    """Request bodies of the open-loop runs: every known user (miss) or the same 20 (hit)."""
+    """Request bodies of the open-loop runs: the users of the Locust class of the same name."""
     users = population()[0]
-    pool = users[:20] if user_class == "RecommendHit" else users
+    pool = users[:HIT_USERS] if user_class == "RecommendHit" else users
     rng = random.Random(0)
     return lambda _i: {"user_id": rng.choice(pool), "k": 10}
 

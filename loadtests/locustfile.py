@@ -24,7 +24,7 @@ import numpy as np
 from locust import FastHttpUser, constant, constant_throughput, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` from anywhere
-from loadtests.population import population
+from loadtests.population import HIT_USERS, population
 
 
 def _pacing():  # type: ignore[no-untyped-def]
@@ -91,7 +91,7 @@ class RecommendHit(_Folio):
 
     @task
     def recommend(self) -> None:
-        self.post("/recommend", {"user_id": random.choice(population()[0][:20]), "k": 10})
+        self.post("/recommend", {"user_id": random.choice(population()[0][:HIT_USERS]), "k": 10})
 
 
 class BarePing(_Folio):

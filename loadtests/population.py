@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 ZIPF_S = 1.1
+HIT_USERS = 20  # the cache-hit scenarios ask for the most active users only
 
 
 def _ids(env: str) -> list[str] | None:
