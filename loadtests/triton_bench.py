@@ -68,7 +68,7 @@ import psutil
 import tritonclient.grpc.aio as grpcaio
 
 from runners.triton import TritonServer
-from training.triton_repo import render_triton
+from training.triton_repo import MAX_CANDIDATES_PER_RUN, render_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -79,7 +79,7 @@ SERVICE_CONFIG: dict[str, Any] = {  # render_triton's defaults: what the service
     "instances": 1,
     "intra_op_threads": 1,
     "preferred_batch_sizes": (),
-    "max_candidates_per_run": 1024,
+    "max_candidates_per_run": MAX_CANDIDATES_PER_RUN,
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "delay_0us": {"max_queue_delay_us": 0},

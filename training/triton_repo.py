@@ -121,6 +121,11 @@ def _parameters(params: dict[str, str]) -> str:
     return "\n".join(items)
 
 
+# Candidates per ONNX Runtime run inside model.py: the CPU cost per candidate grows with the run size
+# (see loadtests/triton_bench.py, levers one_run_per_batch / one_run_per_request).
+MAX_CANDIDATES_PER_RUN = 1024
+
+
 def render_config(
     variant: str,
     meta: RankerMeta,
@@ -131,7 +136,7 @@ def render_config(
     instances: int = 1,
     preferred_batch_sizes: tuple[int, ...] = (),
     intra_op_threads: int = 1,
-    max_candidates_per_run: int = 1024,
+    max_candidates_per_run: int = MAX_CANDIDATES_PER_RUN,
     max_candidates: int = 1000,
     trt_cache_dir: str = "/tmp/folio_trt_cache",
     dynamic_batching: bool = True,
@@ -229,7 +234,7 @@ def render_triton(
     instances: int = 1,
     preferred_batch_sizes: tuple[int, ...] = (),
     intra_op_threads: int = 1,
-    max_candidates_per_run: int = 1024,
+    max_candidates_per_run: int = MAX_CANDIDATES_PER_RUN,
     max_candidates: int = 1000,
     dynamic_batching: bool = True,
 ) -> list[Path]:
