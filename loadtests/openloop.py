@@ -20,25 +20,37 @@ import numpy as np
 
 
 async def _run(
-    url: str, route: str, body: Callable[[int], dict[str, Any]], rps: float, seconds: float, warmup_s: float
+    url: str,
+    route: str,
+    body: Callable[[int], dict[str, Any]],
+    rps: float,
+    seconds: float,
+    warmup_s: float,
+    tally: str | None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
-    statuses: list[int] = []
+    statuses: list[str] = []  # HTTP status, or the client error's name
+    tallies: dict[str, int] = {}
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
 
         async def one(i: int, due: float, record: bool) -> None:
+            value = None
             try:
                 async with session.post(route, data=json.dumps(body(i)), headers=headers) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError):
-                status = 0
+                    payload = await response.read()
+                    status = str(response.status)
+                    if tally is not None and response.status == 200:
+                        value = str(json.loads(payload).get(tally))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status = type(exc).__name__
             if record:
                 latencies.append(time.perf_counter() - due)
                 statuses.append(status)
+                if value is not None:
+                    tallies[value] = tallies.get(value, 0) + 1
 
         tasks = []
         start = time.perf_counter()
@@ -50,13 +62,20 @@ async def _run(
             tasks.append(asyncio.create_task(one(i, due, i >= n_warm)))
         sent_s = time.perf_counter() - start
         await asyncio.gather(*tasks)
+        done_s = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
-    errors = sum(1 for s in statuses if s != 200)
+    error_kinds: dict[str, int] = {}
+    for status in statuses:
+        if status != "200":
+            error_kinds[status] = error_kinds.get(status, 0) + 1
     return {
         "offered_rps": rps,
         "seconds": seconds,
         "requests": len(ms),
-        "errors": errors,
+        "completed_rps": round(len(ms) / max(done_s - warmup_s, 1e-9), 1),
+        "errors": sum(error_kinds.values()),
+        "error_kinds": error_kinds,
+        **({"tally": {tally: tallies}} if tally is not None else {}),
         "generator_lag_s": max(0.0, sent_s - (warmup_s + seconds)),
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
@@ -72,7 +91,9 @@ def open_loop(
     rps: float,
     seconds: float,
     warmup_s: float = 3.0,
+    tally: str | None = None,
 ) -> dict[str, Any]:
     """POST ``body(i)`` as JSON to ``url + route`` at ``rps`` for ``warmup_s`` (not counted) then ``seconds``;
-    latency percentiles (ms, from each request's due time), errors (non-200 or no answer)."""
-    return asyncio.run(_run(url, route, body, rps, seconds, warmup_s))
+    latency percentiles (ms, from each request's due time), errors (non-200 or no answer) by kind, and
+    with ``tally`` the count of each value of that field in the 200 answers' JSON."""
+    return asyncio.run(_run(url, route, body, rps, seconds, warmup_s, tally))

@@ -14,7 +14,7 @@ shapes and structure a trained version has, and written with the project's own c
 * retrieval: RetrievalWeights with structured random weights: ``item_in`` = genre centre + a shared
   popularity direction + noise, a random user projection, and item vectors = the encoder's output for
   a one-item history (L2-normalized), so users land near their genres' popular items;
-* FAISS index: training.index.build_index (exact up to 100k items, HNSW above);
+* FAISS index: training.index.build_index (exact up to 100k items, IVF-Flat above);
 * ranker: models.ranker.Ranker (DCN, item tables inside the graph), randomly initialized with its
   feature normalizer fitted on synthetic candidates (``fit_steps`` > 0 adds a short listwise fit with
   training.pipeline.train_ranker's loss; off by default: latency does not depend on the weights, and
@@ -54,7 +54,7 @@ from models.ranker import Ranker
 from models.user_encoder import RetrievalWeights
 from training import store
 from training.export import ParityError, check_parity, export_all
-from training.index import EXACT_MAX_ITEMS, build_index, recall_at_k
+from training.index import EXACT_MAX_ITEMS, build_index, index_kind, recall_at_k
 from training.pipeline import Candidates, histories, listwise_loss, retrieve
 from training.protocol import Fold
 
@@ -293,7 +293,7 @@ def write_synthetic_artifacts(
     lap("faiss index")
     queries = weights.user_vectors(histories(train, np.arange(min(200, n_users))))
     index_info = {
-        "kind": "flat" if isinstance(index, faiss.IndexFlatIP) else "hnsw",
+        "kind": index_kind(index),
         "recall@10_vs_exact": recall_at_k(index, weights.item_vectors, queries),
         "exact_max_items": EXACT_MAX_ITEMS,
     }

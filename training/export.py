@@ -117,6 +117,10 @@ def export_int8(fp32: Path, path: Path, calibration: Candidates) -> None:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
+            # Matrix products keep FP32 outputs (QGemm with float output): no Quantize/Dequantize pair
+            # after each layer, and the scores leave unquantized (INT8 kernel time -10%, see
+            # loadtests/triton_bench.py's op profile).
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
         )
 
 

@@ -64,6 +64,14 @@ def build_index(vectors: np.ndarray, exact_max_items: int = EXACT_MAX_ITEMS) -> 
     return index
 
 
+def index_kind(index: faiss.Index) -> str:
+    """The label a version's metadata stores for its index: "flat", "ivf" or "hnsw"."""
+    for kind, cls in (("flat", faiss.IndexFlat), ("ivf", faiss.IndexIVF), ("hnsw", faiss.IndexHNSW)):
+        if isinstance(index, cls):
+            return kind
+    return type(index).__name__
+
+
 def recall_at_k(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
     """Share of the exact top-k that ``index`` returns, averaged over queries."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
@@ -78,7 +86,7 @@ def index_report(vectors: np.ndarray, queries: np.ndarray, exact_max_items: int 
     """Kind of the served index, its recall@10 against exact search, and the ANN's and HNSW's here."""
     served = build_index(vectors, exact_max_items)
     return {
-        "kind": "flat" if isinstance(served, faiss.IndexFlatIP) else "ivf",
+        "kind": index_kind(served),
         "recall@10_vs_exact": recall_at_k(served, vectors, queries),
         "ann_recall@10_vs_exact": recall_at_k(build_index(vectors, exact_max_items=0), vectors, queries),
         "hnsw_recall@10_vs_exact": recall_at_k(build_hnsw(vectors), vectors, queries),

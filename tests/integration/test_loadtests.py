@@ -30,8 +30,10 @@ def test_realistic_mix_succeeds(model_tag: str, tmp_path: Path, monkeypatch: pyt
 
 def test_open_loop_generator_against_the_bare_endpoint(tmp_path: Path) -> None:
     with ServedFolio({}, tmp_path / "bare.log", target="loadtests.bare_service:Bare") as bare:
-        result = open_loop(bare.url, "/ping", lambda _i: {}, rps=50, seconds=2, warmup_s=0.5)
+        result = open_loop(bare.url, "/ping", lambda _i: {}, rps=50, seconds=2, warmup_s=0.5, tally="status")
         missing = open_loop(bare.url, "/no-such-route", lambda _i: {}, rps=20, seconds=1, warmup_s=0)
     assert result["requests"] == 100 and result["errors"] == 0, result
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["tally"] == {"status": {"ok": 100}}  # warm-up answers are not counted
     assert missing["errors"] == missing["requests"] == 20  # non-200 answers count as errors
+    assert missing["error_kinds"] == {"404": 20}

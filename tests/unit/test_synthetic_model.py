@@ -15,6 +15,7 @@ def test_tiny_synthetic_version_is_servable_and_loads_consistently():
     assert store.servable_problems(model) == []
     assert model.info.labels["dataset"] == f"synthetic-{N_ITEMS}"
     assert find_synthetic_version(N_ITEMS) == tag
+    assert model.info.metadata["index"]["kind"] == "flat"  # N_ITEMS is under the exact-search threshold
 
     served = artifacts.load(model)
     assert served.n_items == N_ITEMS == served.index.ntotal == served.popularity.shape[0]

@@ -49,7 +49,14 @@ def test_benchmark_writes_results_with_batched_executions(artifacts_dir: Path, t
     verdict = saved["verdict"]
     assert verdict["int8_vs_fp32_triton"] > 0 and verdict["batching_on_vs_off"]["64"] > 0
     assert isinstance(verdict["int8_target_met"], bool) and isinstance(verdict["batching_target_met"], bool)
-    assert "## Ranking through Triton" in result["markdown"] and "### Verdict" in result["markdown"]
+    profile = saved["ort_profile"]
+    for variant in triton_bench.PRECISIONS:
+        row = profile[variant]
+        assert row["matmul_us"] > 0 and row["other_us"] > 0
+        assert row["total_us"] == pytest.approx(row["matmul_us"] + row["qdq_us"] + row["other_us"])
+    assert profile["fp32"]["qdq_us"] == 0 < profile["int8"]["qdq_us"]  # only INT8 (de)quantizes
+    assert "### Ranking through Triton" in result["markdown"] and "profiler" in result["markdown"]
+    assert "### Verdict" in result["markdown"]
     assert result["markdown"] == saved["markdown"]
 
 
