@@ -2,8 +2,9 @@
 
     python -m loadtests.bench [--quick] [--only ceiling,triton,retrieval,growth] [--out docs]
 
-`--only` reruns some scenarios; the report keeps the other scenarios' last full runs (from
-docs/benchmarks/summary.json), each section naming the date and commit it was measured at.
+`--quick` writes to .folio/bench-quick unless `--out` says otherwise, so a smoke run never replaces
+the committed report. `--only` reruns some scenarios; the report keeps the other scenarios' last full
+runs (from docs/benchmarks/summary.json), each section naming the date and commit it was measured at.
 
 Each scenario starts what it measures on loopback (bentoml serve, tritonserver), warms up, runs for a
 bounded time and stops it; results go to docs/benchmarks/<scenario>.json and .png, and the report to
@@ -52,11 +53,14 @@ def machine() -> dict[str, Any]:
         platform.processor(),
     )  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    # "-dirty": run with uncommitted changes outside docs/ (the reports), so no commit holds that code
+    status = ["git", "status", "--porcelain", "--", ".", ":(exclude)docs"]
+    changes = subprocess.run(status, cwd=ROOT, capture_output=True, text=True)
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "commit": commit.stdout.strip(),
+        "commit": commit.stdout.strip() + ("-dirty" if changes.stdout.strip() else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -76,8 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes (a smoke run)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--out", type=Path, help="default: docs, or .folio/bench-quick with --quick")
     args = parser.parse_args(argv)
+    if unknown := set(args.only.split(",")) - set(SCENARIOS):
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
+    args.out = args.out or ROOT / (".folio/bench-quick" if args.quick else "docs")
     data_dir = args.out / "benchmarks"
     data_dir.mkdir(parents=True, exist_ok=True)
     info = machine()

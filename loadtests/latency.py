@@ -22,7 +22,7 @@ from runners import artifacts
 from runners.metrics import STAGE_TRACE
 from runners.ranking import RankingStage
 from runners.recommender import Recommender
-from runners.schemas import RecommendRequest
+from runners.schemas import RecommendRequest, RecommendResponse
 from runners.settings import Settings
 from runners.store import LocalState
 
@@ -59,7 +59,7 @@ async def in_process(args: argparse.Namespace) -> list[str]:
                 start = time.perf_counter()
                 response = await pipeline.recommend(RecommendRequest(user_id=user), args.precision, "latency")
                 rows["total"].append(time.perf_counter() - start)
-                fallbacks.add(response.fallback)
+                fallbacks.add(response.fallback if isinstance(response, RecommendResponse) else "cached")
                 for s in STAGES:
                     rows[s].append(trace.get(s, 0.0))
             STAGE_TRACE.set(None)

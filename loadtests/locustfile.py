@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` from
 from loadtests.population import HIT_USERS, population
 
 
-def _pacing():  # type: ignore[no-untyped-def]
+def _pacing():
     """FOLIO_LOAD_RPS_PER_USER fixes each user's rate (open-ish loop at users x rate); else no wait."""
     rate = os.environ.get("FOLIO_LOAD_RPS_PER_USER")
     return constant_throughput(float(rate)) if rate else constant(0)

@@ -164,7 +164,7 @@ def make_ivf(items: np.ndarray, nlist: int, seed: int) -> faiss.Index:
     return build_ivf(items, nlist, seed)
 
 
-def make_ivf_sq8(items: np.ndarray, coarse: faiss.Index) -> faiss.Index:
+def make_ivf_sq8(items: np.ndarray, coarse: faiss.IndexIVF) -> faiss.Index:
     """IVF-SQ8 over the coarse centroids of ``coarse`` (an IVF index already trained): no k-means again."""
     quantizer = faiss.IndexFlatIP(items.shape[1])
     quantizer.add(coarse.quantizer.reconstruct_n(0, coarse.nlist))
@@ -176,11 +176,12 @@ def make_ivf_sq8(items: np.ndarray, coarse: faiss.Index) -> faiss.Index:
     return index
 
 
-def set_knob(index: faiss.Index, family: str, value: int) -> None:
-    if family == "hnsw":
+def set_knob(index: faiss.Index, value: int) -> None:
+    """efSearch of an HNSW index, nprobe of an IVF one."""
+    if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = value
     else:
-        index.nprobe = value
+        faiss.extract_index_ivf(index).nprobe = value
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def sweep_family(
 ) -> list[dict[str, Any]]:
     points = []
     for value in values:
-        set_knob(index, family, value)
+        set_knob(index, value)
         b1 = time_search(index, queries, args.k, 1)
         batched = time_search(index, queries, args.k, args.batch)
         point = {
@@ -372,7 +373,7 @@ def depth_sweep(
     """Batch-1 search for the service's ``k`` candidates: recall@k against the exact top-k and QPS."""
     points = []
     for value in values:
-        set_knob(index, family, value)
+        set_knob(index, value)
         timing = time_search(index, queries, k, 1)
         point = {
             KNOB[family]: value,

@@ -94,6 +94,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.model_name = config["name"]
         self.n_items = int(params["n_items"]) if params.get("n_items") else None
+        # 1024: training/triton_repo.MAX_CANDIDATES_PER_RUN (this file runs in Triton, without the package)
         self.max_candidates_per_run = int(params.get("max_candidates_per_run") or 1024)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         onnx_path = version_dir / (params.get("onnx_file") or "model.onnx")

@@ -118,8 +118,8 @@ def export_int8(fp32: Path, path: Path, calibration: Candidates) -> None:
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
             # Matrix products keep FP32 outputs (QGemm with float output): no Quantize/Dequantize pair
-            # after each layer, and the scores leave unquantized (INT8 kernel time -10%, see
-            # loadtests/triton_bench.py's op profile).
+            # after each layer, and the scores leave unquantized. ONNX Runtime's profiler, one request of
+            # 500 candidates, ML-100K ranker: 707 -> 616 us, (de)quantization 133 -> 76 us.
             extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
         )
 

@@ -2,10 +2,10 @@
 
 The ANN choice is measured by loadtests/retrieval_bench.py (1M synthetic items x 200 dims, one search
 thread, 2-core machine, docs/benchmarks/retrieval.json): IVF-Flat with nlist = 4*sqrt(n) and nprobe = 32 had
-recall@10 0.99 against exact search at ~110x exact's QPS one query per call, and recall@500 0.95 at the
+recall@10 0.99 against exact search at 77x exact's QPS one query per call, and recall@500 0.95 at the
 service's candidate depth (FOLIO_CANDIDATES = 500); nprobe = 16 already reaches recall@10 0.97 but only
 0.89 at depth 500. HNSW (M=32, efConstruction=40) stayed below recall@10 0.91 up to efSearch=512 on the
-same data and took 7.5 min to build against 1.5 min for IVF. ``build_ivf`` is the very build the benchmark
+same data and took 132 s to build against 25 s for IVF. ``build_ivf`` is the very build the benchmark
 times, so the served index is the measured one. nprobe is stored in items.faiss.
 """
 

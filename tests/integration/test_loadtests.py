@@ -37,3 +37,4 @@ def test_open_loop_generator_against_the_bare_endpoint(tmp_path: Path) -> None:
     assert result["tally"] == {"status": {"ok": 100}}  # warm-up answers are not counted
     assert missing["errors"] == missing["requests"] == 20  # non-200 answers count as errors
     assert missing["error_kinds"] == {"404": 20}
+    assert result["completed_rps"] > 40 and missing["completed_rps"] == 0  # only 200 answers count

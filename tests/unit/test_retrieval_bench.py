@@ -93,7 +93,7 @@ def test_reported_recall_matches_an_independent_computation(run: tuple[dict[str,
             index = ivf = rb.make_ivf(items, params["nlist"], params["seed"])
         else:
             index = rb.make_ivf_sq8(items, ivf)
-        rb.set_knob(index, family, point[rb.KNOB[family]])
+        rb.set_knob(index, point[rb.KNOB[family]])
         _, found = index.search(queries, cfg["k"])
         recall = np.mean([len(t & set(f.tolist())) / cfg["k"] for t, f in zip(truth, found, strict=True)])
         # IVF builds are deterministic; an HNSW graph built on 2 threads differs a little from run to run.
