@@ -465,18 +465,24 @@ async def _warm(url: str, model: str, pool: RequestPool, calls: int = 20) -> Non
 MERGED = (1, 2, 4, 8, 16, 32, 64)
 
 
+def ort_session(path: Path, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """One-thread CPU session (training.export.session's settings, without importing PyTorch with it);
+    with ``profile_prefix`` ONNX Runtime's profiler records every run."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def ort_baseline(model_dir: Path, pool: RequestPool, seconds: float, repeats: int = 3) -> dict[str, Any]:
     """Candidates/s of each variant in this process, 1 thread, with k requests merged per run (k in MERGED),
     as the Python backend merges a dynamic batch: `batch_1` is the unbatched ceiling. Best of `repeats`
     windows of `seconds` each."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     out: dict[str, Any] = {}
     for variant in PRECISIONS:
-        session = ort.InferenceSession(
-            str(model_dir / f"ranker_{variant}.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort_session(model_dir / f"ranker_{variant}.onnx")
         row: dict[str, Any] = {}
         for k in MERGED:
             feeds_list = []
@@ -529,13 +535,7 @@ def ort_op_profile(
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="folio-ort-profile-") as tmp:
         for variant in PRECISIONS:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
-            options.enable_profiling = True
-            options.profile_file_prefix = f"{tmp}/{variant}"
-            session = ort.InferenceSession(
-                str(model_dir / f"ranker_{variant}.onnx"), options, providers=["CPUExecutionProvider"]
-            )
+            session = ort_session(model_dir / f"ranker_{variant}.onnx", profile_prefix=f"{tmp}/{variant}")
             for i in range(warmup + runs):
                 ids, row = pool.raw[i % len(pool.raw)]
                 ends = np.array([ids.size], np.int32)
