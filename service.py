@@ -23,8 +23,8 @@ from runners.bento_image import bento_image
 from runners.fleet import Fleet, UnknownVariant, primary_tag
 from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
 from runners.lifecycle import Drain
+from runners.recommender import InvalidEvent, UnknownItem
 from runners.recommender import Recommender as Pipeline
-from runners.recommender import UnknownItem
 from runners.schemas import (
     FeedbackBatch,
     FeedbackEvent,
@@ -76,6 +76,7 @@ class Recommender:
             self.settings.state_dir / "journal.jsonl",
             max_history=self.settings.max_history,
             half_life_s=self.settings.trending_half_life_s,
+            hash_key=key.get_secret_value().encode() if (key := self.settings.user_hash_key) else None,
         )
         self.fleet = Fleet(self.settings, self.state)
         self.drain = Drain(self.settings.drain_s)
@@ -144,18 +145,19 @@ class Recommender:
         return await self._record(request.events)
 
     async def _record(self, events: list[FeedbackEvent]) -> Any:
-        for user_id in sorted({e.user_id for e in events}):
-            wait = await self.pipeline.user_rate_limit(user_id)
-            if wait > 0:
-                return problem(
-                    429, f"too much feedback for user {user_id!r}", {"Retry-After": str(int(wait) + 1)}
-                )
         try:
-            accepted = await self.pipeline.feedback(
+            records = self.pipeline.feedback_events(
                 events, [self.fleet.variant_of(e.user_id) for e in events]
             )
+            wait = await self.pipeline.user_rate_limit(records)
+            if wait > 0:
+                message = "too much feedback for a user of this request: nothing recorded, retry later"
+                return problem(429, message, {"Retry-After": str(int(wait) + 1)})
+            accepted = await self.pipeline.record(records)
         except UnknownItem as exc:
             return problem(404, str(exc))
+        except InvalidEvent as exc:
+            return problem(400, str(exc))
         except StateUnavailable:
             return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
         return FeedbackResponse(
@@ -206,7 +208,7 @@ class Recommender:
         if not RUNTIME.digests:
             return problem(403, "admin endpoints are off: set FOLIO_API_KEYS to enable them")
         try:
-            new, previous = await self.fleet.reload(request.tag)
+            new, previous = await self.fleet.admin_reload(request.tag)
         except LookupError as exc:
             return problem(409, str(exc))
         except (ModelLoadError, store.StoreError) as exc:

@@ -5,12 +5,17 @@ Requests are routed by the user's A/B variant (runners/variants.py); shadow vari
 requests in the background. The ``production`` spec follows the model store: a watcher (and the admin
 reload endpoint) deploys a newly promoted version next to the current one and swaps it in only once
 it has passed its checks; a refused version is logged and the current one keeps serving.
+
+An /admin/reload on one worker is applied by every worker: the worker that took it records the version
+(with the production version it overrides) in the shared state store, and every watcher deploys it on
+its next poll. A reload to the version already served is a no-op (no new deployment).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -29,11 +34,12 @@ from runners.metrics import (
 from runners.recommender import CachedResult
 from runners.schemas import RecommendRequest, RecommendResponse
 from runners.settings import PRECISIONS, Settings
-from runners.store import StateStore
+from runners.store import StateStore, StateUnavailable
 from runners.variants import PRODUCTION, Assigner, Variant, VariantConfig
 from training import store
 
 log = logging.getLogger(__name__)
+RELOAD_KEY = "admin_reload"  # shared: {"tag": version asked for, "production": the version it overrides}
 
 
 class UnknownVariant(ValueError):
@@ -134,6 +140,17 @@ class Fleet:
         task.add_done_callback(self._tasks.discard)
 
     # -------------------------------------------------------------- lifecycle
+    async def admin_reload(self, tag: str | None) -> tuple[str, str]:
+        """/admin/reload: ``reload`` here, then recorded for every other worker's watcher."""
+        new, previous = await self.reload(tag)
+        prod = await asyncio.to_thread(store.production)
+        record = json.dumps({"tag": new, "production": None if prod is None else str(prod.tag)})
+        try:
+            await self.state.set_shared(RELOAD_KEY, record)
+        except StateUnavailable:
+            log.warning("reload to %s applied to this worker only: the state store is unreachable", new)
+        return new, previous
+
     async def reload(self, tag: str | None = None) -> tuple[str, str]:
         """Serve ``tag`` (default: the store's production version) for the ``production`` spec.
         Returns (new, previous); raises ModelLoadError (or StoreError) and keeps the current one."""
@@ -144,6 +161,8 @@ class Fleet:
             if tag is None:
                 prod = await asyncio.to_thread(store.production)
                 tag = str(prod.tag) if prod is not None else current.tag
+            else:  # the full tag, so that another spelling of the served version is a no-op
+                tag = str((await asyncio.to_thread(store.get, tag)).tag)
             if tag == current.tag:
                 return tag, tag
             try:
@@ -161,16 +180,25 @@ class Fleet:
             return new.tag, current.tag
 
     async def _watch(self) -> None:
-        """Follow promote / rollback: act when the store's production version changes (an explicit
-        /admin/reload of another tag stands until then; a refused version is not retried)."""
+        """Follow promote / rollback: act when the store's production version changes, and follow an
+        /admin/reload taken by another worker while the production version it overrode is still the
+        production one (a refused version is not retried)."""
         seen = self.deployments[PRODUCTION].tag
+        seen_reload: str | None = None
         while True:
             await asyncio.sleep(self.settings.model_watch_s)
             try:
                 prod = await asyncio.to_thread(store.production)
-                if prod is not None and str(prod.tag) != seen:
-                    seen = str(prod.tag)
+                prod_tag = None if prod is None else str(prod.tag)
+                if prod_tag is not None and prod_tag != seen:
+                    seen = prod_tag
                     await self.reload(seen)
+                shared = await self.state.get_shared(RELOAD_KEY)
+                if shared is not None and shared != seen_reload:
+                    seen_reload = shared
+                    asked = json.loads(shared)
+                    if asked.get("production") == prod_tag:
+                        await self.reload(str(asked["tag"]))
             except asyncio.CancelledError:
                 raise
             except Exception:  # refusals are logged in reload(); keep watching

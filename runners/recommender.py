@@ -8,9 +8,11 @@ was not durably written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +37,16 @@ POSITIVE_RATING = 3.0
 
 class UnknownItem(LookupError):
     pass
+
+
+class InvalidEvent(ValueError):
+    """A feedback event the store must not take (e.g. a timestamp outside the accepted window)."""
+
+
+def cache_params(req: RecommendRequest, precision: str) -> str:
+    """The request's part of a cache key: a fixed-size digest, whatever the size of the request."""
+    params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision])
+    return hashlib.blake2b(params.encode(), digest_size=16).hexdigest()
 
 
 PER_REQUEST_FIELDS = {"cached", "request_id", "variant"}
@@ -131,7 +143,7 @@ class Recommender:
     async def recommend(
         self, req: RecommendRequest, precision: str, request_id: str
     ) -> RecommendResponse | CachedResult:
-        params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision])
+        params = cache_params(req, precision)
         with timed("cache"):
             generation = await self.cache.generation(req.user_id)
             hit = await self.cache.get(req.user_id, generation, params)
@@ -211,34 +223,52 @@ class Recommender:
         return [self.item(i, scores[i], label) for i in top.tolist()]
 
     # ----------------------------------------------------------------- writes
-    async def feedback(self, events: Sequence[FeedbackEvent], variants: Sequence[str | None]) -> int:
-        """Durably record the events, each attributed to the variant serving its user (raises
-        StateUnavailable, UnknownItem before writing anything)."""
+    def feedback_events(self, events: Sequence[FeedbackEvent], variants: Sequence[str | None]) -> list[Event]:
+        """The events to store, each attributed to the variant serving its user; raises InvalidEvent or
+        UnknownItem (nothing is written, nothing charged) when one is out of bounds."""
+        now = time.time()
+        oldest, newest = now - self.settings.feedback_max_age_s, now + self.settings.feedback_max_skew_s
+        late = [e.ts for e in events if e.ts is not None and not oldest <= e.ts <= newest]
+        if late:
+            raise InvalidEvent(
+                f"ts {late[0]!r} is outside the accepted window [{oldest:.0f}, {newest:.0f}] (unix seconds: "
+                f"at most FOLIO_FEEDBACK_MAX_AGE_S={self.settings.feedback_max_age_s:.0f} s before the "
+                f"server's clock, FOLIO_FEEDBACK_MAX_SKEW_S={self.settings.feedback_max_skew_s:.0f} s after "
+                "it); omit ts to mean now. Nothing recorded"
+            )
         unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5])
             raise UnknownItem(
                 f"unknown item_id {shown}: not in the catalog of {self.model.tag}; nothing recorded"
             )
-        now = time.time()
-        records = [
-            Event(e.user_id, e.item_id, e.event, e.value, e.ts or now, variant)
+        return [
+            Event(e.user_id, e.item_id, e.event, e.value, now if e.ts is None else e.ts, variant)
             for e, variant in zip(events, variants, strict=True)
         ]
+
+    async def record(self, records: Sequence[Event]) -> int:
+        """Durably record validated events (raises StateUnavailable with nothing written)."""
         with timed("feedback"):
             await self.state.append_events(records, [EVENT_WEIGHTS[e.event] for e in records])
         for e in records:
             FEEDBACK_EVENTS.labels(event=e.event, variant=e.variant or "").inc()
         return len(records)
 
-    async def user_rate_limit(self, user_id: str) -> float:
-        """Seconds to wait before this user may send feedback again (0: go ahead); fails open."""
-        if self.settings.rate_limit_rps <= 0:
+    async def user_rate_limit(self, events: Sequence[Event]) -> float:
+        """Seconds to wait before these events' users may send them (0: go ahead, and they are charged,
+        one token an event, all or nothing); fails open. Raises InvalidEvent for more events of one user
+        than the bucket holds."""
+        rate, burst = self.settings.feedback_user_rps, self.settings.feedback_user_burst
+        if rate <= 0:
             return 0.0
-        try:
-            return await self.state.take_token(
-                f"user:{user_id}", self.settings.rate_limit_rps, self.settings.rate_limit_burst
+        costs = {f"user:{u}": n for u, n in Counter(e.user_id for e in events).items()}
+        if (most := max(costs.values())) > burst:
+            raise InvalidEvent(
+                f"{most} events for one user in one request: at most FOLIO_FEEDBACK_USER_BURST={burst}"
             )
+        try:
+            return await self.state.take_tokens(costs, rate, burst)
         except StateUnavailable:
             STATE_ERRORS.labels(op="rate_limit").inc()
             return 0.0

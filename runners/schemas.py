@@ -6,33 +6,39 @@ field and the rule (BentoML's ValidationError handler).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runners.settings import PRECISIONS
-from runners.store import EVENTS
+from runners.store import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
 
-UserId = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
-ItemId = Field(min_length=1, max_length=128)
+UserId = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[\w.@:-]+$")
+ItemId = Field(min_length=1, max_length=MAX_ID_CHARS)
+Genre = Annotated[str, Field(min_length=1, max_length=64)]
 Fallback = Literal["none", "onnxruntime", "popularity"]
 EventName = Literal["view", "click", "add_to_cart", "purchase", "rate"]
 assert set(PRECISIONS) == {"int8", "fp16", "fp32"} and set(EVENTS) == set(EventName.__args__)  # type: ignore[attr-defined]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields are refused, and so are NaN / Infinity (subclasses merge this)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RecommendRequest(_Strict):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"example": {"user_id": "42", "k": 10, "exclude_seen": True}},
     )
     user_id: str = UserId
     k: int = Field(10, ge=1, le=100)
     exclude_seen: bool = True
-    genres: list[str] | None = Field(None, max_length=50, description="only items with one of these genres")
+    genres: list[Genre] | None = Field(
+        None,
+        max_length=50,
+        description="only items with one of these genres (at most 50, 64 characters each)",
+    )
     variant: str | None = Field(
         None,
         pattern=r"^[\w.-]{1,64}$",
@@ -62,7 +68,7 @@ class RecommendResponse(BaseModel):
 
 
 class SimilarRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"item_id": "50", "k": 5}})
+    model_config = ConfigDict(json_schema_extra={"example": {"item_id": "50", "k": 5}})
     item_id: str = ItemId
     k: int = Field(10, ge=1, le=100)
 
@@ -75,9 +81,9 @@ class SimilarResponse(BaseModel):
 
 
 class TrendingRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"k": 10, "genre": "Drama"}})
+    model_config = ConfigDict(json_schema_extra={"example": {"k": 10, "genre": "Drama"}})
     k: int = Field(10, ge=1, le=100)
-    genre: str | None = Field(None, max_length=64)
+    genre: Genre | None = None
 
 
 class TrendingResponse(BaseModel):
@@ -88,19 +94,25 @@ class TrendingResponse(BaseModel):
 
 class FeedbackEvent(_Strict):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"example": {"user_id": "42", "item_id": "50", "event": "click"}},
     )
     user_id: str = UserId
     item_id: str = ItemId
     event: EventName
-    value: float | None = Field(None, ge=-1e6, le=1e6, description="e.g. the rating of a `rate` event")
-    ts: float | None = Field(None, ge=0, description="unix seconds; default: now")
+    value: float | None = Field(
+        None, ge=-MAX_VALUE, le=MAX_VALUE, description="e.g. the rating of a `rate` event"
+    )
+    ts: float | None = Field(
+        None,
+        gt=0,
+        le=TS_MAX,
+        description="unix seconds; default: now. Must lie within FOLIO_FEEDBACK_MAX_AGE_S (default one year) "
+        "before the server's clock and FOLIO_FEEDBACK_MAX_SKEW_S (default 300 s) after it, else 400",
+    )
 
 
 class FeedbackBatch(_Strict):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "example": {"events": [{"user_id": "42", "item_id": "50", "event": "rate", "value": 5}]}
         },
@@ -116,13 +128,17 @@ class FeedbackResponse(BaseModel):
 
 
 class ForgetRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"user_id": "42"}})
+    model_config = ConfigDict(json_schema_extra={"example": {"user_id": "42"}})
     user_id: str = UserId
 
 
 class ReloadRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {}})
-    tag: str | None = Field(None, max_length=128, description="version to serve; default: the production one")
+    model_config = ConfigDict(json_schema_extra={"example": {}})
+    tag: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,63}(:[A-Za-z0-9_.-]{1,63})?$",
+        description="version to serve, `folio:<version>` or `<version>`; default: the production one",
+    )
 
 
 class ReloadResponse(BaseModel):

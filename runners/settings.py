@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -48,8 +48,20 @@ class Settings(BaseSettings):
     candidates: int = Field(500, ge=10, le=5000, description="retrieval top-N handed to the ranker")
     cold_start_threshold: int = Field(5, ge=0, le=1000)
     max_per_genre: int = Field(3, ge=1, le=100, description="diversity cap per primary genre in a top-k")
-    trending_half_life_s: float = Field(86400.0, gt=0)
+    trending_half_life_s: float = Field(86400.0, ge=60, le=365 * 86400)
     max_history: int = Field(500, ge=1, le=100_000)
+    # feedback accepted: timestamps within [now - max_age, now + max_skew]; events per user (token bucket)
+    feedback_max_age_s: float = Field(
+        365 * 86400.0,
+        ge=60,
+        le=100 * 365 * 86400.0,
+        description="oldest accepted event ts, seconds before now",
+    )
+    feedback_max_skew_s: float = Field(
+        300.0, ge=0, le=86400, description="how far ahead of the server's clock an event ts may be"
+    )
+    feedback_user_rps: float = Field(10.0, ge=0, le=1e6, description="events per second per user; 0: off")
+    feedback_user_burst: int = Field(1000, ge=1, le=1_000_000, description="events a user may send at once")
     # cache
     cache_ttl_s: float = Field(300.0, ge=0, le=86400)
     l1_size: int = Field(10_000, ge=0, le=10_000_000)
@@ -58,10 +70,22 @@ class Settings(BaseSettings):
         default_factory=list, description="sha256 hex digests of accepted API keys (JSON list or comma list)"
     )
     rate_limit_rps: float = Field(
-        50.0, ge=0, description="per-key token refill rate; 0 turns rate limits off"
+        50.0, ge=0, le=1e6, description="per-key token refill rate; 0 turns rate limits off"
     )
-    rate_limit_burst: int = Field(100, ge=1)
+    rate_limit_burst: int = Field(100, ge=1, le=1_000_000)
+    user_hash_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="HMAC key for the forgotten-user set; unset: generated (state dir, or stored in Redis)",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000)
+
+    @model_validator(mode="after")
+    def _decay_stays_finite(self) -> Settings:
+        # a trending score is at most 2**(skew / half-life) times its weight (runners/store.py)
+        if self.feedback_max_skew_s / self.trending_half_life_s > 64:
+            raise ValueError("FOLIO_FEEDBACK_MAX_SKEW_S must be at most 64 x FOLIO_TRENDING_HALF_LIFE_S")
+        return self
 
     @field_validator("precision")
     @classmethod
@@ -113,6 +137,7 @@ class Settings(BaseSettings):
         """A short hash of the configuration for /info (secrets hashed already, URLs without passwords)."""
         data = self.model_dump(mode="json")
         data["redis_url"] = bool(self.redis_url)
+        data["user_hash_key"] = bool(self.user_hash_key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -127,6 +152,7 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"FOLIO_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            (f"FOLIO_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "") + e["msg"]
+            for e in exc.errors()
         )
         raise SettingsError(f"invalid Folio configuration: {problems}") from None

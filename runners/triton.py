@@ -40,6 +40,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB_NAME = "triton_python_backend_stub"
+# APIs Folio never calls, closed to anyone without a per-server random key (statistics and the
+# repository API stay open: the benchmarks and the explicit-control tests use them).
+RESTRICTED_APIS = "shared-memory,logging,trace"
 
 
 class TritonError(RuntimeError):
@@ -226,6 +230,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.extra_args = tuple(extra_args)
         self._dist = distribution
+        self._restricted_key = secrets.token_hex(24)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
         self._started_at = 0.0
@@ -357,6 +362,11 @@ class TritonServer:
             f"--model-control-mode={self.model_control_mode}",
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 1)}",
             f"--log-verbose={self.log_verbose}",
+            # The bundled server is 2.51 (release 24.10), older than NVIDIA's Python-backend fixes
+            # (docs/security.md): it listens on loopback only, and the APIs the published exploit chains
+            # go through and Folio never calls need a key nobody holds (random, per server).
+            f"--http-restricted-api={RESTRICTED_APIS}:triton-restricted-key={self._restricted_key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:triton-restricted-key={self._restricted_key}",
         ]
         args += [f"--load-model={name}" for name in self.load_models]
         args += list(self.extra_args)

@@ -9,12 +9,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.folio-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml deploy/requirements/serving-cpu.txt | sha256sum | cut -d" " -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and pinned: the CPU build (an unpinned torch pulls several GB of CUDA packages).
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[train,dev]"
+  # constrained to the serving image's lock, so tests run the versions that ship (deploy/requirements/)
+  .venv/bin/python -m pip install -q -c deploy/requirements/serving-cpu.txt -e ".[train,dev]"
   echo "$want" > "$stamp"
 fi
 # shellcheck disable=SC1091

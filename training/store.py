@@ -87,6 +87,8 @@ def get(tag: str) -> bentoml.Model:
         return bentoml.models.get(tag if ":" in tag else f"{MODEL_NAME}:{tag}")
     except bentoml.exceptions.NotFound as exc:
         raise StoreError(f"no model {tag!r} in the store ({bentoml.__name__} home: {store_home()})") from exc
+    except (bentoml.exceptions.BentoMLException, ValueError) as exc:  # not a valid tag
+        raise StoreError(f"{tag!r} is not a valid model tag: {exc}") from exc
 
 
 def store_home() -> str:

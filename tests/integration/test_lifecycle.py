@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from loadtests.servers import ROOT, ServedFolio
 from runners.settings import hash_key
 from tests.integration.test_ranking_stage import group_gone
 from tests.integration.test_served import wait_for
+from tests.redis_server import RedisServer
 from training import store
 
 pytestmark = pytest.mark.integration
@@ -68,6 +70,12 @@ def versions(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
     return Store(
         tmp_path_factory.mktemp("home"), Path(stored.path), json.loads(json.dumps(stored.info.metadata))
     )
+
+
+@pytest.fixture()
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +213,57 @@ def test_admin_reload(served: ServedFolio, versions: Store) -> None:
     assert r.status_code == 409 and "refused" in r.text and "missing ranker_int8.onnx" in r.text
     back = httpx.post(url, json={}, headers=AUTH, timeout=120)  # back to the production version
     assert back.status_code == 200 and back.json()["model_version"] == current
+
+
+def tritonservers(served: ServedFolio) -> set[int]:
+    assert served.proc is not None
+    children = psutil.Process(served.proc.pid).children(recursive=True)
+    return {p.pid for p in children if "tritonserver" in p.name()}
+
+
+def test_admin_reload_of_the_served_version_is_a_no_op(served: ServedFolio) -> None:
+    """Regression: `{"tag": ""}` redeployed the current version with a new tritonserver each time
+    (40 calls: worker 223 -> 526 MB, up to 10 tritonservers at once)."""
+    url = f"{served.url}/admin/reload"
+    current = served_version(served)["model_version"]
+    time.sleep(10)  # retired deployments of the tests above have stopped their servers
+    before = tritonservers(served)
+    for tag in [current, current.split(":")[1], None] * 5:
+        r = httpx.post(url, json={} if tag is None else {"tag": tag}, headers=AUTH, timeout=120)
+        assert r.status_code == 200 and r.json()["model_version"] == r.json()["previous"] == current
+    for bad in ("", "a:b:c", "]"):
+        assert httpx.post(url, json={"tag": bad}, headers=AUTH, timeout=30).status_code == 400
+    assert tritonservers(served) == before and len(before) == 1
+
+
+def test_admin_reload_reaches_every_worker(
+    versions: Store, first: str, tmp_path: Path, redis_url: str
+) -> None:
+    env = {
+        "BENTOML_HOME": str(versions.home),
+        "FOLIO_STATE_DIR": str(tmp_path / "state"),
+        "FOLIO_MODEL_WATCH_S": "0.5",
+        "FOLIO_API_KEYS": hash_key(KEY),
+        "FOLIO_RATE_LIMIT_RPS": "0",
+        "FOLIO_WORKERS": "2",
+        "FOLIO_REDIS_URL": redis_url,
+    }
+    with ServedFolio(env, tmp_path / "serve.log") as served:
+
+        def versions_by_worker() -> dict[int, str]:
+            seen: dict[int, str] = {}
+            for _ in range(30):  # new connections spread over the workers
+                info = served_version(served)
+                seen[info["worker_pid"]] = info["model_version"]
+            return seen
+
+        assert len(versions_by_worker()) == 2, "both workers must answer for this test to mean anything"
+        other = versions.save()
+        r = httpx.post(f"{served.url}/admin/reload", json={"tag": other}, headers=AUTH, timeout=120)
+        assert r.status_code == 200 and r.json()["model_version"] == other
+        wait_for(
+            lambda: set(versions_by_worker().values()) == {other}, 90, "every worker serves it", served.log_tail
+        )
 
 
 def test_sigterm_drains_then_stops_triton(model_tag: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ problems, each exercised against a deliberately broken copy so that none of them
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.resources
 import itertools
 import json
@@ -23,6 +24,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from scripts.audit import NGC_TAG, advisories_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -277,6 +280,211 @@ def triton_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------ k8s: exposure policy
+REDIS_SECRET = ("folio-redis", "password")
+RESTRICTED_MUST = ("shared-memory", "model-repository")  # the CVE-2025-23319 chain; model load/unload
+REQUIREPASS_REF = re.compile(r"^\$\((\w+)\)$")
+
+
+def env_secret(container: Doc, name: str) -> tuple[str, str] | None:
+    """(secret, key) of env var ``name`` when it comes from a secretKeyRef."""
+    for env in container.get("env", []):
+        if env["name"] == name:
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            return (ref["name"], ref["key"]) if ref else None
+    return None
+
+
+def ngc_release_problems(where: str, image: str) -> list[str]:
+    """The NGC Triton tag must be one that no recorded NVIDIA bulletin affects (scripts/audit.py)."""
+    m = NGC_TAG.fullmatch(image)
+    if not m:
+        return [f"{where}: image {image} is not nvcr.io/nvidia/tritonserver:<yy.mm>-py3"]
+    hits = advisories_for(m.group(1))
+    if hits:
+        fixed = max((a.fixed_in for a in hits), key=lambda r: tuple(map(int, r.split("."))))
+        ids = ", ".join(a.cve for a in hits[:3])
+        release = m.group(1)
+        return [
+            f"{where}: tritonserver {release} is affected by {len(hits)} advisories ({ids}, ...),"
+            f" fixed by {fixed}"
+        ]
+    return []
+
+
+def restricted_api_problems(where: str, argv: str) -> list[str]:
+    """Both endpoints restrict shared-memory and model-repository, to a key set at run time."""
+    problems = []
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        m = re.search(rf"{flag}=(\S+?):[\w-]+=(\S+)", argv)
+        if not m:
+            problems.append(f"{where}: no {flag} (shared-memory / model-repository open to every client)")
+            continue
+        apis, value = m.group(1), m.group(2)
+        if apis.startswith("$"):  # a shell variable: resolve it from the same script
+            a = re.search(rf"\b{re.escape(apis.lstrip('$').strip('{}'))}=(\S+)", argv)
+            apis = a.group(1) if a else ""
+        missing = [api for api in RESTRICTED_MUST if api not in apis.split(",")]
+        if missing:
+            problems.append(f"{where}: {flag} leaves {missing} open")
+        if not value.startswith("$"):
+            problems.append(f"{where}: {flag} key is a literal in the manifest, not drawn at start")
+    return problems
+
+
+def redis_auth_problems(docs: list[Doc]) -> list[str]:
+    """Redis: --requirepass from the folio-redis Secret, probes that authenticate; folio's URL carries it."""
+    problems = []
+    sts = find(docs, "StatefulSet", "folio-redis")
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    argv = [*c.get("command", []), *c.get("args", [])]
+    passes = [b for a, b in itertools.pairwise(argv) if a == "--requirepass"]
+    m = REQUIREPASS_REF.match(passes[0]) if passes else None
+    if not m or env_secret(c, m.group(1)) != REDIS_SECRET:
+        problems.append(f"redis: no --requirepass $(VAR) with VAR from Secret {'/'.join(REDIS_SECRET)}")
+    if env_secret(c, "REDISCLI_AUTH") != REDIS_SECRET:
+        problems.append("redis: REDISCLI_AUTH (the probes' password) is not from the Secret")
+    for probe in ("readinessProbe", "livenessProbe"):
+        cmd = " ".join(c.get(probe, {}).get("exec", {}).get("command", []))
+        if "PONG" not in cmd:
+            problems.append(f"redis {probe}: `{cmd}` passes on NOAUTH (redis-cli exits 0): require PONG")
+    fc = folio_container(docs)
+    url = str(env_value(fc, "FOLIO_REDIS_URL") or "")
+    m = re.fullmatch(r"rediss?://:\$\((\w+)\)@[\w.-]+:\d+(/\d+)?", url)
+    names = [e["name"] for e in fc.get("env", [])]
+    if not m:
+        problems.append(f"folio: FOLIO_REDIS_URL {url!r} carries no $(VAR) password")
+    elif env_secret(fc, m.group(1)) != REDIS_SECRET:
+        problems.append(f"folio: {m.group(1)} (in FOLIO_REDIS_URL) is not from the Secret")
+    elif names.index(m.group(1)) > names.index("FOLIO_REDIS_URL"):
+        problems.append(f"folio: {m.group(1)} is defined after FOLIO_REDIS_URL (the kubelet won't expand it)")
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A connection's other end: a pod (labels; in the folio namespace or not) or an address (None)."""
+
+    labels: dict[str, str] | None
+    here: bool = True
+
+
+def _matches(selector: Doc | None, labels: dict[str, str]) -> bool:
+    selector = selector or {}
+    if selector.get("matchExpressions"):
+        return True  # not evaluated: assume it may match
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_allowed(peers: list[Doc] | None, peer: Peer) -> bool:
+    if not peers:
+        return True  # no from/to: any source / destination
+    for p in peers:
+        if "ipBlock" in p:
+            return True  # an address range may cover anything, pods included
+        if peer.labels is None:
+            continue
+        if "namespaceSelector" in p:  # namespace labels unknown here: assume it selects the peer's
+            if _matches(p.get("podSelector"), peer.labels):
+                return True
+        elif peer.here and _matches(p.get("podSelector"), peer.labels):
+            return True
+    return False
+
+
+def _port_allowed(ports: list[Doc] | None, port: int, protocol: str, named: dict[str, int]) -> bool:
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        want = p.get("port")
+        if want is None:
+            return True
+        first = named.get(want) if isinstance(want, str) else want
+        if first is not None and first <= port <= p.get("endPort", first):
+            return True
+    return False
+
+
+def policy_allows(
+    docs: list[Doc], direction: str, pod: dict[str, str], peer: Peer, port: int, protocol: str = "TCP"
+) -> bool:
+    """Does NetworkPolicy let ``pod`` (in the folio namespace) take/open this connection?"""
+    pols = []
+    for d in docs:
+        if d["kind"] != "NetworkPolicy" or not _matches(d["spec"].get("podSelector"), pod):
+            continue
+        spec = d["spec"]
+        types = spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
+        if direction in types:
+            pols.append(spec)
+    if not pols:
+        return True  # not isolated in this direction
+    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    owner = pod if direction == "Ingress" else peer.labels  # whose ports a named port refers to
+    named = {
+        p["name"]: p["containerPort"]
+        for w in workloads(docs)
+        if pod_labels(w) == owner
+        for c in containers(w["spec"]["template"]["spec"])
+        for p in c.get("ports", [])
+        if "name" in p
+    }
+    return any(
+        _port_allowed(rule.get("ports"), port, protocol, named) and _peer_allowed(rule.get(peers), peer)
+        for spec in pols
+        for rule in spec.get(key, [])
+    )
+
+
+def network_problems(docs: list[Doc]) -> list[str]:
+    """A default deny; Redis and Triton take connections from the folio pods only; folio still works."""
+    problems = []
+    folio = pod_labels(find(docs, "Deployment", "folio"))
+    redis = pod_labels(find(docs, "StatefulSet", "folio-redis"))
+    triton = pod_labels(find(docs, "Deployment", "folio-triton"))
+    deny = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and not d["spec"].get("podSelector")
+        and {"Ingress", "Egress"} <= set(d["spec"].get("policyTypes", []))
+        and not d["spec"].get("ingress")
+        and not d["spec"].get("egress")
+    ]
+    if not deny:
+        problems.append("no default-deny NetworkPolicy (podSelector {}, Ingress + Egress, no rules)")
+    outsiders = {
+        "another pod in the namespace": Peer({"app.kubernetes.io/name": "intruder"}),
+        "a pod in another namespace": Peer(dict(folio), here=False),
+        "an address outside the cluster": Peer(None, here=False),
+    }
+    for name, labels, ports in (("redis", redis, (6379,)), ("triton", triton, (8000, 8001, 8002))):
+        for port in ports:
+            for who, peer in outsiders.items():
+                if policy_allows(docs, "Ingress", labels, peer, port):
+                    problems.append(f"{name} accepts port {port} from {who}")
+    for name, labels, port in (("redis", redis, 6379), ("triton", triton, 8001)):
+        if not (
+            policy_allows(docs, "Egress", folio, Peer(labels), port)
+            and policy_allows(docs, "Ingress", labels, Peer(folio), port)
+        ):
+            problems.append(f"folio pods cannot reach {name} on {port}")
+    dns = Peer({"k8s-app": "kube-dns"}, here=False)
+    if not policy_allows(docs, "Egress", folio, dns, 53, "UDP"):
+        problems.append("folio pods cannot resolve names (egress to port 53/UDP)")
+    if not policy_allows(docs, "Ingress", folio, Peer(None, here=False), 3000):
+        problems.append("the folio API (3000) is not reachable")
+    return problems
+
+
+def triton_exposure_problems(docs: list[Doc]) -> list[str]:
+    (c,) = find(docs, "Deployment", "folio-triton")["spec"]["template"]["spec"]["containers"]
+    argv = " ".join([*c.get("command", []), *c.get("args", [])])
+    return ngc_release_problems("triton", c["image"]) + restricted_api_problems("triton", argv)
+
+
 K8S_POLICIES: list[Callable[[list[Doc]], list[str]]] = [
     security_problems,
     folio_problems,
@@ -284,6 +492,9 @@ K8S_POLICIES: list[Callable[[list[Doc]], list[str]]] = [
     selector_problems,
     redis_problems,
     triton_problems,
+    redis_auth_problems,
+    network_problems,
+    triton_exposure_problems,
 ]
 
 
@@ -336,6 +547,77 @@ def compose_problems(spec: Doc) -> list[str]:
         d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices.get("devices", [])
     ):
         problems.append("triton has no nvidia GPU reservation")
+    return problems + compose_exposure_problems(spec)
+
+
+LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+INTERPOLATED = re.compile(r"\$\{(\w+)")
+
+
+def published_beyond_loopback(port: str | int | Doc) -> bool:
+    """A ``ports:`` entry that listens on more than the host's loopback (short or long syntax)."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")) not in LOOPBACK
+    text = str(port)
+    return not any(text.startswith(f"{ip}:") for ip in LOOPBACK)
+
+
+def service_networks(svc: Doc) -> list[str]:
+    nets = svc.get("networks")
+    if nets is None:
+        return ["default"]
+    return list(nets) if isinstance(nets, dict | list) else []
+
+
+def argv_text(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value or "")
+
+
+def compose_exposure_problems(spec: Doc) -> list[str]:
+    """Triton and Redis: not published beyond loopback, only on internal networks shared with folio;
+    Redis authenticates; Triton is a release without recorded advisories, with its admin APIs off."""
+    problems = []
+    services = spec.get("services", {})
+    networks = spec.get("networks") or {}
+    folio_nets = set(service_networks(services.get("folio", {})))
+    for name in ("triton", "redis"):
+        svc = services.get(name)
+        if svc is None:
+            continue
+        if svc.get("network_mode") == "host":
+            problems.append(f"{name}: network_mode host exposes every port it opens")
+        for port in svc.get("ports", []):
+            if published_beyond_loopback(port):
+                problems.append(f"{name}: publishes {port!r} beyond the host's loopback")
+        nets = service_networks(svc)
+        for net in nets:
+            if not (networks.get(net) or {}).get("internal"):
+                problems.append(f"{name}: on network {net!r}, which is not internal")
+        if not folio_nets & set(nets):
+            problems.append(f"{name}: shares no network with folio")
+    redis = services.get("redis", {})
+    argv = redis.get("command", [])
+    argv = argv.split() if isinstance(argv, str) else [str(a) for a in argv]
+    passes = [b for a, b in itertools.pairwise(argv) if a == "--requirepass"]
+    var = INTERPOLATED.match(passes[0]) if passes else None
+    if not var:
+        problems.append("redis: no --requirepass ${VAR} (a password from the environment)")
+    else:
+        env = services.get("folio", {}).get("environment", {})
+        url = str(env.get("FOLIO_REDIS_URL", "")) if isinstance(env, dict) else ""
+        if not re.match(rf"rediss?://:\$\{{{var.group(1)}\b[^}}]*\}}@", url):
+            problems.append(f"folio: FOLIO_REDIS_URL {url!r} does not carry ${{{var.group(1)}}}")
+        renv = redis.get("environment", {})
+        auth = str(renv.get("REDISCLI_AUTH", "")) if isinstance(renv, dict) else ""
+        if not auth.startswith(f"${{{var.group(1)}"):
+            problems.append("redis: REDISCLI_AUTH (the healthcheck's password) is not the same variable")
+    if "PONG" not in argv_text(redis.get("healthcheck", {}).get("test")):
+        problems.append("redis: the healthcheck passes on NOAUTH (redis-cli exits 0): require PONG")
+    triton = services.get("triton")
+    if triton is not None:
+        problems += ngc_release_problems("triton", str(triton.get("image", "")))
+        script = argv_text(triton.get("command")).replace("$$", "$")
+        problems += restricted_api_problems("triton", script)
     return problems
 
 
@@ -403,6 +685,19 @@ def folio_container(docs: list[Doc]) -> Doc:
 
 def set_env(container: Doc, name: str, **entry: Any) -> None:
     container["env"] = [e for e in container["env"] if e["name"] != name] + [{"name": name, **entry}]
+
+
+def redis_container(docs: list[Doc]) -> Doc:
+    return find(docs, "StatefulSet", "folio-redis")["spec"]["template"]["spec"]["containers"][0]
+
+
+def triton_container(docs: list[Doc]) -> Doc:
+    return find(docs, "Deployment", "folio-triton")["spec"]["template"]["spec"]["containers"][0]
+
+
+def netpol_ingress(docs: list[Doc], name: str) -> list[Doc]:
+    rules: list[Doc] = find(docs, "NetworkPolicy", name)["spec"]["ingress"]
+    return rules
 
 
 K8S_BREAKAGES: list[tuple[str, Callable[[list[Doc]], Any], str]] = [
@@ -484,6 +779,93 @@ K8S_BREAKAGES: list[tuple[str, Callable[[list[Doc]], Any], str]] = [
         ]["limits"].pop("nvidia.com/gpu"),
         "nvidia.com/gpu",
     ),
+    # exposure: Redis authentication
+    ("redis-no-password", lambda d: redis_container(d).update(args=["--appendonly", "yes"]), "--requirepass"),
+    (
+        "redis-literal-password",
+        lambda d: redis_container(d).update(args=["--appendonly", "yes", "--requirepass", "hunter2"]),
+        "--requirepass",
+    ),
+    (
+        "redis-probe-no-pong",
+        lambda d: redis_container(d)["readinessProbe"]["exec"].update(command=["redis-cli", "ping"]),
+        "require PONG",
+    ),
+    (
+        "url-no-password",
+        lambda d: set_env(folio_container(d), "FOLIO_REDIS_URL", value="redis://folio-redis:6379/0"),
+        "FOLIO_REDIS_URL",
+    ),
+    (
+        "url-password-after",
+        lambda d: folio_container(d).update(
+            env=[e for e in folio_container(d)["env"] if e["name"] != "REDIS_PASSWORD"]
+            + [e for e in folio_container(d)["env"] if e["name"] == "REDIS_PASSWORD"]
+        ),
+        "defined after FOLIO_REDIS_URL",
+    ),
+    # exposure: NetworkPolicies
+    ("no-default-deny", lambda d: d.remove(find(d, "NetworkPolicy", "folio-default-deny")), "default-deny"),
+    (
+        "redis-from-any-namespace",
+        lambda d: netpol_ingress(d, "folio-redis")[0]["from"].append({"namespaceSelector": {}}),
+        "redis accepts port 6379 from a pod in another namespace",
+    ),
+    (
+        "triton-from-anyone",
+        lambda d: netpol_ingress(d, "folio-triton")[0].pop("from"),
+        "triton accepts port 8001 from another pod in the namespace",
+    ),
+    (
+        "triton-metrics-for-all",
+        lambda d: netpol_ingress(d, "folio-triton").append({"ports": [{"port": 8002}]}),
+        "triton accepts port 8002 from an address outside the cluster",
+    ),
+    (
+        "redis-not-selected",
+        lambda d: d.remove(find(d, "NetworkPolicy", "folio-redis")),
+        "folio pods cannot reach redis",
+    ),
+    (
+        "folio-egress-no-triton",
+        lambda d: find(d, "NetworkPolicy", "folio-api")["spec"]["egress"].pop(1),
+        "folio pods cannot reach triton",
+    ),
+    (
+        "folio-egress-no-dns",
+        lambda d: find(d, "NetworkPolicy", "folio-api")["spec"]["egress"].pop(2),
+        "resolve names",
+    ),
+    (
+        "folio-api-closed",
+        lambda d: find(d, "NetworkPolicy", "folio-api")["spec"].pop("ingress"),
+        "folio API (3000)",
+    ),
+    # exposure: the Triton release and its admin APIs
+    (
+        "triton-24.10",
+        lambda d: triton_container(d).update(image="nvcr.io/nvidia/tritonserver:24.10-py3"),
+        "affected by",
+    ),
+    (
+        "triton-shm-open",
+        lambda d: triton_container(d).update(
+            args=[a.replace("shared-memory,", "") for a in triton_container(d)["args"]]
+        ),
+        "leaves ['shared-memory'] open",
+    ),
+    (
+        "triton-literal-key",
+        lambda d: triton_container(d).update(
+            args=[a.replace("=$key", "=letmein") for a in triton_container(d)["args"]]
+        ),
+        "literal",
+    ),
+    (
+        "triton-unrestricted",
+        lambda d: triton_container(d).update(args=["tritonserver", "--model-repository=/models"]),
+        "--grpc-restricted-protocol",
+    ),
 ]
 
 
@@ -547,7 +929,7 @@ def test_compose_policy_holds(compose: Doc) -> None:
     assert compose_problems(compose) == []
     folio = compose["services"]["folio"]
     assert folio["image"] == "${FOLIO_IMAGE:-folio:latest}"
-    assert folio["environment"]["FOLIO_REDIS_URL"] == "redis://redis:6379/0"
+    assert folio["environment"]["FOLIO_REDIS_URL"].endswith("@redis:6379/0")
     assert folio["environment"]["FOLIO_TRITON_URL"] == "triton:8001"
     assert compose["services"]["triton"]["image"].startswith("nvcr.io/nvidia/tritonserver:")
     assert any(v.endswith(":/models:ro") for v in compose["services"]["triton"]["volumes"])
@@ -576,6 +958,55 @@ COMPOSE_BREAKAGES: list[tuple[str, Callable[[Doc], Any], str]] = [
     ("root", lambda s: s["services"]["folio"].update(user="root"), "runs as root"),
     ("writable", lambda s: s["services"]["folio"].pop("read_only"), "read-only"),
     ("no-gpu", lambda s: s["services"]["triton"].pop("deploy"), "GPU"),
+    # exposure
+    (
+        "triton-published",
+        lambda s: s["services"]["triton"].update(ports=["8001:8001"]),
+        "triton: publishes '8001:8001' beyond",
+    ),
+    (
+        "triton-published-long",
+        lambda s: s["services"]["triton"].update(ports=[{"target": 8000, "published": 8000}]),
+        "triton: publishes",
+    ),
+    ("redis-published", lambda s: s["services"]["redis"].update(ports=["6379:6379"]), "redis: publishes"),
+    ("triton-host-network", lambda s: s["services"]["triton"].update(network_mode="host"), "network_mode"),
+    ("triton-default-network", lambda s: s["services"]["triton"].pop("networks"), "'default'"),
+    ("backend-routed", lambda s: s["networks"]["backend"].pop("internal"), "not internal"),
+    ("folio-off-backend", lambda s: s["services"]["folio"].update(networks=["frontend"]), "no network"),
+    (
+        "redis-no-password",
+        lambda s: s["services"]["redis"].update(command=["redis-server", "--appendonly", "yes"]),
+        "--requirepass",
+    ),
+    (
+        "redis-literal-password",
+        lambda s: s["services"]["redis"].update(
+            command=["redis-server", "--appendonly", "yes", "--requirepass", "hunter2"]
+        ),
+        "--requirepass",
+    ),
+    (
+        "url-no-password",
+        lambda s: folio_env(s).update(FOLIO_REDIS_URL="redis://redis:6379/0"),
+        "FOLIO_REDIS_URL",
+    ),
+    (
+        "healthcheck-no-pong",
+        lambda s: s["services"]["redis"]["healthcheck"].update(test=["CMD", "redis-cli", "ping"]),
+        "PONG",
+    ),
+    ("cli-no-auth", lambda s: s["services"]["redis"].pop("environment"), "REDISCLI_AUTH"),
+    (
+        "triton-24.10",
+        lambda s: s["services"]["triton"].update(image="nvcr.io/nvidia/tritonserver:24.10-py3"),
+        "affected by",
+    ),
+    (
+        "triton-unrestricted",
+        lambda s: s["services"]["triton"].update(command=["tritonserver", "--model-repository=/models"]),
+        "--http-restricted-api",
+    ),
 ]
 
 
@@ -595,3 +1026,39 @@ def test_duration_parsing() -> None:
     assert duration_s("500ms") == 0.5
     with pytest.raises(ValueError):
         duration_s("45 seconds")
+
+
+def test_compose_loopback_publishing_is_allowed(compose: Doc) -> None:
+    """Publishing Triton's metrics on the host's loopback only is fine; 0.0.0.0 is not."""
+    ok = copy.deepcopy(compose)
+    ok["services"]["triton"]["ports"] = ["127.0.0.1:8002:8002", {"target": 8001, "host_ip": "127.0.0.1"}]
+    assert compose_problems(ok) == []
+    ok["services"]["triton"]["ports"] = ["0.0.0.0:8002:8002"]
+    assert any("beyond the host's loopback" in p for p in compose_problems(ok))
+
+
+def test_network_policy_evaluator() -> None:
+    """The evaluator the network policy relies on, on hand-made policies with known answers."""
+    api = {"app": "api"}
+    db = {"app": "db"}
+    docs: list[Doc] = [
+        {
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "db"},
+            "spec": {
+                "podSelector": {"matchLabels": db},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": api}}], "ports": [{"port": 5432}]}],
+            },
+        }
+    ]
+    assert policy_allows(docs, "Ingress", db, Peer(api), 5432)
+    assert not policy_allows(docs, "Ingress", db, Peer(api), 5433)
+    assert not policy_allows(docs, "Ingress", db, Peer({"app": "x"}), 5432)
+    assert not policy_allows(docs, "Ingress", db, Peer(api, here=False), 5432)  # same labels, other ns
+    assert not policy_allows(docs, "Ingress", db, Peer(None, here=False), 5432)
+    assert policy_allows(docs, "Egress", db, Peer(None, here=False), 443)  # not isolated for egress
+    assert policy_allows(docs, "Ingress", api, Peer(None, here=False), 80)  # api not selected at all
+    docs[0]["spec"]["ingress"][0]["from"].append({"namespaceSelector": {"matchLabels": {"team": "x"}}})
+    assert policy_allows(docs, "Ingress", db, Peer({"app": "x"}, here=False), 5432)
+    docs[0]["spec"]["ingress"][0]["from"] = [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    assert policy_allows(docs, "Ingress", db, Peer(None, here=False), 5432)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,16 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
-from runners.store import EPOCH, Event, LocalState, StateStore, open_state
+from runners.store import (
+    EPOCH,
+    TS_MAX,
+    Event,
+    LocalState,
+    StateStore,
+    keyed_user_hash,
+    legacy_user_hash,
+    open_state,
+)
 
 T = TypeVar("T")
 HL = 3600.0  # half-life used in the decay tests
@@ -152,6 +162,84 @@ class StoreContract:
 
         use(backend, body)
 
+    @pytest.mark.parametrize("half_life", [60.0, 3600.0, 86400.0])
+    def test_decay_is_finite_over_the_accepted_range(self, backend: Backend, half_life: float) -> None:
+        """Regression: decay exponentiated absolute time, so a ts after 2028-10 (or any ts with a half-life
+        under ~28,000 s) overflowed: 500s, and a journal that crashed every start-up."""
+
+        async def body(s: StateStore) -> None:
+            for ts in (1.0, T0, 2e9, 3e9, TS_MAX):  # the whole range Event accepts, up to 2100
+                await s.append_events(
+                    [ev(ALICE, f"at-{ts:.0f}", ts), ev(BOB, f"at-{ts:.0f}", ts)], [5.0, 5.0]
+                )
+                got = await s.trending(now=ts)
+                assert got[f"at-{ts:.0f}"] == pytest.approx(10.0, rel=1e-6)
+                assert all(math.isfinite(v) and v >= 0 for v in got.values())
+            assert await s.trending(now=TS_MAX + 300) == pytest.approx(
+                {
+                    **{k: 0.0 for k in await s.trending(now=TS_MAX)},
+                    f"at-{TS_MAX:.0f}": 10.0 * 2 ** (-300 / half_life),
+                },
+                abs=1e-9,
+            )
+            assert list(await s.trending(now=TS_MAX, top=1)) == [f"at-{TS_MAX:.0f}"]
+
+        use(backend, body, half_life_s=half_life)
+
+    def test_events_are_validated_before_anything_is_written(self, backend: Backend) -> None:
+        async def body(s: StateStore) -> None:
+            before = await backend.dump(s)
+            for weight in (0.0, -1.0, float("inf"), float("nan"), 1e9):
+                with pytest.raises(ValueError):
+                    await s.append_events([ev(ALICE, "a", T0), ev(BOB, "b", T0)], [1.0, weight])
+            assert await backend.dump(s) == before and await s.history(ALICE) == []
+
+        use(backend, body)
+
+    def test_token_costs_are_all_or_nothing(self, backend: Backend) -> None:
+        async def body(s: StateStore) -> None:
+            assert await s.take_tokens({"user:a": 3, "user:b": 1}, 1.0, 4, now=T0) == 0.0
+            assert await s.take_tokens({"user:a": 2, "user:b": 1}, 1.0, 4, now=T0) == pytest.approx(1.0)
+            assert await s.take_tokens({"user:b": 3}, 1.0, 4, now=T0) == 0.0  # b was not charged above
+            assert await s.take_tokens({"user:a": 1}, 1.0, 4, now=T0) == 0.0
+            with pytest.raises(ValueError):
+                await s.take_tokens({"user:a": 5}, 1.0, 4, now=T0)  # more than the bucket holds
+
+        use(backend, body)
+
+    def test_cached_fields_per_user_are_bounded(self, backend: Backend) -> None:
+        async def body(s: StateStore) -> None:
+            for i in range(10):
+                await s.cache_put(ALICE, f"params-{i}", "x" * 100, ttl_s=60)
+            assert [await s.cache_get(ALICE, f"params-{i}") for i in (0, 3, 4, 9)] == ["x" * 100] * 2 + [
+                None
+            ] * 2
+            await s.cache_put(ALICE, "params-0", "updated", ttl_s=60)  # an existing field may be replaced
+            assert await s.cache_get(ALICE, "params-0") == "updated"
+
+        use(backend, body, cache_fields=4)
+
+    def test_forgotten_ids_are_stored_as_keyed_hashes(self, backend: Backend) -> None:
+        async def body(s: StateStore) -> None:
+            await s.append_events([ev("12345", "a", T0)], [1.0])
+            await s.forget("12345")
+            await s.forget("67890")  # never seen
+            dump = await backend.dump(s)
+            assert await s.is_forgotten("12345") and await s.is_forgotten("67890")
+            assert b"12345" not in dump and b"67890" not in dump
+            assert legacy_user_hash("12345").encode() not in dump  # unsalted sha256 is reversible
+            assert keyed_user_hash(b"k" * 32, "12345").encode() in dump
+
+        use(backend, body, hash_key=b"k" * 32)
+
+    def test_shared_values(self, backend: Backend) -> None:
+        async def body(s: StateStore) -> None:
+            assert await s.get_shared("admin_reload") is None
+            await s.set_shared("admin_reload", '{"tag": "folio:x"}')
+            assert await s.get_shared("admin_reload") == '{"tag": "folio:x"}'
+
+        use(backend, body)
+
     def test_ping(self, backend: Backend) -> None:
         async def body(s: StateStore) -> bool:
             return await s.ping()
@@ -167,6 +255,8 @@ class LocalBackend:
         return LocalState(self.path, **kw)
 
     async def dump(self, store: StateStore) -> bytes:
+        assert isinstance(store, LocalState)
+        await store.settle()  # forget's journal compaction runs in the background
         return self.path.read_bytes() + repr(vars(store)).encode()
 
 
@@ -279,3 +369,162 @@ def test_cache_is_bounded_lru(journal: Path) -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_replay_skips_and_counts_bad_lines_instead_of_crashing(journal: Path) -> None:
+    """Regression: one accepted `"ts": 2e9` event made replay raise OverflowError on every start-up."""
+
+    async def main() -> None:
+        s = LocalState(journal)
+        await s.append_events([ev(ALICE, "a", T0)], [1.0])
+        await s.close()
+        good = {"op": "ev", "w": 1.0, "e": json.loads(ev(BOB, "b", 2e9).to_json())}
+        planted = [
+            json.dumps(good),  # a far (but accepted) timestamp replays fine now
+            json.dumps({**good, "e": {**good["e"], "ts": 1e309}}),  # written as Infinity
+            json.dumps({**good, "e": {**good["e"], "ts": float("nan")}}),
+            json.dumps({**good, "w": -3.0}),
+            json.dumps({**good, "w": 1e308}),
+            json.dumps({**good, "e": {**good["e"], "user_id": "x" * 10_000}}),
+            json.dumps({**good, "e": {**good["e"], "value": 1e300}}),
+            json.dumps({"op": "tr", "s": {"b": float("inf")}}),
+            json.dumps({"op": "trl", "s": {"b": "NaN"}}),
+            json.dumps({"op": "drop-table"}),
+            json.dumps([1, 2, 3]),
+            "not json at all",
+        ]
+        with open(journal, "a") as f:
+            f.write("\n".join(planted) + "\n")
+
+        r = LocalState(journal)
+        assert r.journal_skipped == len(planted) - 1
+        assert [e.item_id for e in await r.history(ALICE)] == ["a"]
+        assert [e.ts for e in await r.history(BOB)] == [2e9]
+        assert all(math.isfinite(v) for v in (await r.trending(now=2e9)).values())
+        await r.append_events([ev(ALICE, "c", T0 + 1)], [1.0])
+        await r.forget(BOB)
+        await r.close()
+        # the compaction removed every line of the forgotten user, bad ones too, and kept the rest as is
+        data = journal.read_bytes()
+        assert BOB.encode() not in data and b"x" * 10_000 in data and b"drop-table" in data
+        again = LocalState(journal)
+        assert again.journal_skipped == 4 and [e.item_id for e in await again.history(ALICE)] == ["a", "c"]
+        await again.close()
+
+    asyncio.run(main())
+
+
+def test_forgetting_an_unknown_user_appends_one_line_and_rewrites_nothing(journal: Path) -> None:
+    """Regression: every /forget rewrote the whole journal (635 ms at 22 MB), even for an unknown user."""
+
+    async def main() -> None:
+        s = LocalState(journal)
+        await s.append_events([ev(f"user-{i}", "a", T0) for i in range(2000)], [1.0] * 2000)
+        inode, size = journal.stat().st_ino, journal.stat().st_size
+        await s.forget("never-seen")
+        await s.settle()
+        assert journal.stat().st_ino == inode  # not replaced
+        assert journal.stat().st_size - size < 120  # one tombstone line
+        assert await s.is_forgotten("never-seen")
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_forget_compacts_in_the_background_while_writes_go_on(journal: Path) -> None:
+    async def main() -> None:
+        s = LocalState(journal)
+        await s.append_events([ev(ALICE, f"a{i}", T0 + i) for i in range(500)], [1.0] * 500)
+        await s.append_events([ev(BOB, "b", T0)], [1.0])
+        before = await s.trending(now=T0)
+        await s.forget(ALICE)
+        writes = [s.append_events([ev(BOB, f"b{i}", T0 + i)], [1.0]) for i in range(20)]
+        await asyncio.gather(*writes, s.forget(ALICE), s.append_events([ev(ALICE, "again", T0)], [1.0]))
+        await s.settle()
+        data = journal.read_bytes()
+        assert data.count(ALICE.encode()) == 1 and b'"again"' in data  # only what came after the forget
+        assert len(await s.history(BOB)) == 21
+        await s.close()
+        r = LocalState(journal)
+        assert [e.item_id for e in await r.history(ALICE)] == ["again"]
+        assert len(await r.history(BOB)) == 21
+        assert (await r.trending(now=T0))["a7"] == pytest.approx(before["a7"])  # anonymous sums kept
+        await r.close()
+
+    asyncio.run(main())
+
+
+def test_a_forget_interrupted_before_compaction_is_finished_at_start_up(journal: Path) -> None:
+    async def main() -> None:
+        s = LocalState(journal)
+        await s.append_events([ev(ALICE, "a", T0), ev(BOB, "b", T0)], [1.0, 1.0])
+        key = s.user_key(ALICE)
+        await s.close()
+        with open(journal, "a") as f:  # the tombstone was written, then the process died
+            f.write(json.dumps({"op": "forget", "k": key}) + "\n")
+        assert ALICE.encode() in journal.read_bytes()
+
+        r = LocalState(journal)
+        assert ALICE.encode() not in journal.read_bytes()
+        assert await r.is_forgotten(ALICE) and await r.history(ALICE) == []
+        assert [e.item_id for e in await r.history(BOB)] == ["b"]
+        await r.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_compaction_leaves_the_journal_writable(journal: Path) -> None:
+    """Regression: a /forget that failed midway left the journal file closed: every later feedback failed."""
+
+    async def main() -> None:
+        s = LocalState(journal)
+        await s.append_events([ev(ALICE, "a", T0)], [1.0])
+        journal.with_name(journal.name + ".tmp").mkdir()  # the rewrite cannot create its temp file
+        await s.forget(ALICE)
+        await s.settle()
+        await s.append_events([ev(BOB, "b", T0)], [1.0])
+        assert b'"b"' in journal.read_bytes()
+        journal.with_name(journal.name + ".tmp").rmdir()
+        await s.close()
+        r = LocalState(journal)  # start-up finishes the purge
+        assert ALICE.encode() not in journal.read_bytes() and await r.is_forgotten(ALICE)
+        await r.close()
+
+    asyncio.run(main())
+
+
+def test_hash_key_is_made_once_private_and_reused(journal: Path) -> None:
+    a = LocalState(journal)
+    key_file = journal.parent / "user-hash.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    b = LocalState(journal.with_name("other.jsonl"))
+    assert a.user_key(ALICE) == b.user_key(ALICE) != legacy_user_hash(ALICE)
+    asyncio.run(a.close())
+    asyncio.run(b.close())
+
+
+def test_legacy_forget_records_are_still_honoured(journal: Path) -> None:
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({"op": "forget", "h": legacy_user_hash(ALICE)}) + "\n")
+    s = LocalState(journal)
+    assert asyncio.run(s.is_forgotten(ALICE)) and s.journal_skipped == 0
+    asyncio.run(s.close())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"ts": 0.0},
+        {"ts": TS_MAX + 1},
+        {"ts": float("nan")},
+        {"ts": float("inf")},
+        {"value": float("nan")},
+        {"value": 1e7},
+        {"user_id": "u" * 129},
+        {"item_id": ""},
+        {"variant": "v" * 65},
+    ],
+)
+def test_event_bounds(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Event(**{"user_id": ALICE, "item_id": "a", "event": "click", "value": None, "ts": T0, **fields})
