@@ -20,19 +20,10 @@ from starlette.testclient import TestClient
 from loadtests.servers import ServedFolio
 from runners.recommender import cache_params
 from runners.schemas import RecommendRequest
-from runners.settings import load_settings
+from tests.http.app import asgi_client
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
 DAY = 86400.0
-
-
-def _client(env: dict[str, str], mp: pytest.MonkeyPatch) -> TestClient:
-    for k, v in env.items():
-        mp.setenv(k, v)
-    load_settings.cache_clear()
-    from service import Recommender
-
-    return TestClient(Recommender.to_asgi())
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +44,8 @@ def env(model_tag: str, state_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(env: dict[str, str]) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as mp, _client(env, mp) as c:
+    with asgi_client(env) as c:
         yield c
-    load_settings.cache_clear()
 
 
 def journal(state_dir: Path) -> bytes:

@@ -14,18 +14,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from runners.settings import load_settings
+from tests.http.app import asgi_client
 from tests.synthetic_catalog import genre_of_book
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
-
-
-def _client(env: dict[str, str], mp: pytest.MonkeyPatch) -> TestClient:
-    for k, v in env.items():
-        mp.setenv(k, v)
-    load_settings.cache_clear()
-    from service import Recommender
-
-    return TestClient(Recommender.to_asgi())
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +28,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(model_tag: str, state_dir: Path) -> Iterator[TestClient]:
     env = {"FOLIO_MODEL_TAG": model_tag, "FOLIO_STATE_DIR": str(state_dir), "FOLIO_MAX_PER_GENRE": "10"}
-    with pytest.MonkeyPatch.context() as mp, _client(env, mp) as c:
+    with asgi_client(env) as c:
         yield c
-    load_settings.cache_clear()
 
 
 def recommend(client: TestClient, **body) -> dict:
