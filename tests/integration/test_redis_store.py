@@ -149,3 +149,27 @@ def test_connect_fails_fast_without_leaking_the_password() -> None:
         await s.close()
 
     asyncio.run(lazy())
+
+
+def test_forget_purges_in_chunks_and_finishes_an_interrupted_purge(live_redis: RedisServer) -> None:
+    """Regression: forget XDELed every stream entry of the user in one Lua call (150,000 events blocked
+    Redis for 170 ms). Now one script per 500 entries; a purge cut short is finished by the next forget."""
+
+    async def main() -> None:
+        s = RedisState(live_redis.url)
+        for n in range(3):
+            await s.append_events(
+                [ev(ALICE, f"b{i}", T0 + i) for i in range(n * 500, n * 500 + 500)], [1.0] * 500
+            )
+        await s.append_events([ev(BOB, "b1", T0)], [1.0])
+        with live_redis.client() as c:  # a forget of BOB that died after its first script
+            c.rename("folio:fids:" + BOB, "folio:purge:crashed")
+            c.sadd("folio:purge", "folio:purge:crashed")
+        await s.forget(ALICE)
+        await s.close()
+
+    asyncio.run(main())
+    with live_redis.client() as c:
+        assert c.xlen("folio:feedback") == 0
+        assert not c.exists("folio:purge") and not c.exists("folio:purge:crashed")
+        assert ALICE.encode() not in dump_all(c)
