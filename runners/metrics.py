@@ -77,6 +77,15 @@ MODEL_RELOADS = bentoml.metrics.Counter(
 )
 RATE_LIMITED = bentoml.metrics.Counter(name="folio_rate_limited", documentation="Requests refused with 429")
 AUTH_FAILURES = bentoml.metrics.Counter(name="folio_auth_failures", documentation="Requests refused with 401")
+BODY_REFUSALS = bentoml.metrics.Counter(
+    name="folio_body_refusals",
+    documentation="Requests refused for their body: 413 (too large), 415 (not JSON)",
+    labelnames=["status"],
+)
+HEAD_TIMEOUTS = bentoml.metrics.Counter(
+    name="folio_request_head_timeouts",
+    documentation="Connections closed for not sending a complete request head in time",
+)
 
 
 # When set (a dict), `timed` also adds each stage's seconds to it: per-request breakdowns for scripts.

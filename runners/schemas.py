@@ -22,9 +22,10 @@ assert set(PRECISIONS) == {"int8", "fp16", "fp32"} and set(EVENTS) == set(EventN
 
 
 class _Strict(BaseModel):
-    """Request bodies: unknown fields are refused, and so are NaN / Infinity (subclasses merge this)."""
+    """Request bodies: unknown fields are refused, and so are NaN / Infinity and values of another JSON
+    type than the schema's (no `0` for false, no `"5"` for 5). Subclasses merge this config."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class RecommendRequest(_Strict):

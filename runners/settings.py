@@ -7,6 +7,7 @@ No secret has a default: ``FOLIO_API_KEYS`` holds sha256 hex digests of the keys
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -79,6 +80,13 @@ class Settings(BaseSettings):
         description="HMAC key for the forgotten-user set; unset: generated (state dir, or stored in Redis)",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IPs/CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed; empty: none",
+    )
+    request_head_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="seconds a connection may take to send a complete request head"
+    )
 
     @model_validator(mode="after")
     def _decay_stays_finite(self) -> Settings:
@@ -94,9 +102,9 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(PRECISIONS)}")
         return v
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "trusted_proxies", mode="before")
     @classmethod
-    def _keys_from_text(cls, v: object) -> object:
+    def _list_from_text(cls, v: object) -> object:
         if isinstance(v, str):
             v = v.strip()
             return json.loads(v) if v.startswith("[") else [k.strip() for k in v.split(",") if k.strip()]
@@ -109,6 +117,16 @@ class Settings(BaseSettings):
             if len(k) != 64 or any(c not in "0123456789abcdef" for c in k.lower()):
                 raise ValueError("each entry must be the sha256 hex digest of a key (see `hash_key`)")
         return [k.lower() for k in v]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ValueError(f"{p!r} is not an IP address or CIDR network ('*' is refused)") from None
+        return v
 
     @field_validator("state_dir")
     @classmethod

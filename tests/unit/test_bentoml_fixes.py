@@ -1,13 +1,27 @@
-"""The fix to BentoML's TimeoutMiddleware: timers are cancelled once answered; the timeout still works."""
+"""The fixes to BentoML and uvicorn: TimeoutMiddleware's timers are cancelled once answered (the
+timeout still works); client errors log one line; forwarded headers are believed only from named
+proxies; a connection that does not send a complete request head in time is closed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import bentoml
+import pytest
+import uvicorn
+from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
+from pydantic import BaseModel, Field
+from starlette.testclient import TestClient
 
 from runners import bentoml_fixes
+from runners.settings import Settings
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -43,3 +57,164 @@ def test_timeout_still_answers_504() -> None:
     bentoml_fixes.install()
     sent, _ = asyncio.run(_call("/slow", timeout=0.05))
     assert sent[0]["status"] == 504
+
+
+# --------------------------------------------------------------- client errors: one line, no traceback
+class Body(BaseModel):
+    n: int = Field(ge=0)
+
+
+@bentoml.service
+class Tiny:
+    @bentoml.api
+    def echo(self, body: Body, /) -> Body:
+        return body
+
+    @bentoml.api
+    def broken(self) -> dict[str, int]:
+        Body(n=-1)  # a bug in the endpoint: BentoML answers 400 too, but it must keep its traceback
+        return {}
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture()
+def logs() -> Iterator[Records]:
+    handler = Records()
+    loggers = [logging.getLogger(n) for n in ("runners.http", "bentoml._internal.server.http_app")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    yield handler
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.removeHandler(handler)
+        lg.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[TestClient]:
+    """The tiny service's real BentoML app (without BentoML's metrics: they register once a process)."""
+    bentoml_fixes.install()
+    Tiny.inject_config()
+    with TestClient(ServiceAppFactory(Tiny, is_main=True, enable_metrics=False)()) as client:
+        yield client
+
+
+def test_a_client_validation_error_logs_one_info_line_without_traceback(
+    tiny: TestClient, logs: Records
+) -> None:
+    for body in (b'{"n": -1}', b"not json"):
+        r = tiny.post("/echo", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400
+    assert [r.levelno for r in logs.records] == [logging.INFO, logging.INFO]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in logs.records)
+    assert "POST /echo answered 400: 1 validation error(s)" in logs.records[0].getMessage()
+    assert "n: Input should be greater than or equal to 0" in logs.records[0].getMessage()
+
+
+def test_a_validation_error_inside_an_endpoint_keeps_its_error_and_traceback(
+    tiny: TestClient, logs: Records
+) -> None:
+    assert tiny.post("/broken", json={}).status_code == 400
+    assert [r.levelno for r in logs.records] == [logging.ERROR] and logs.records[0].exc_info
+
+
+# ---------------------------------------------------------------------------- forwarded headers
+def _client_seen_by_app(xff: str) -> tuple[str, int] | None:
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope.get("client"))
+
+    config = uvicorn.Config(app, lifespan="off")  # as BentoML's worker builds it: no proxy options
+    config.load()
+    scope = {"type": "http", "client": ("127.0.0.1", 5000), "headers": [(b"x-forwarded-for", xff.encode())]}
+    asyncio.run(config.loaded_app(scope, None, None))
+    return seen[0]
+
+
+def test_forwarded_headers_are_trusted_only_from_the_named_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1")  # so that monkeypatch restores it
+    bentoml_fixes.install()  # FOLIO_TRUSTED_PROXIES unset: trust nobody
+    assert _client_seen_by_app("10.1.2.3") == ("127.0.0.1", 5000)
+    bentoml_fixes.trust_forwarded_headers_from(["10.0.0.0/8", "127.0.0.1"])
+    assert _client_seen_by_app("10.1.2.3, 203.0.113.9") == ("203.0.113.9", 0)
+
+
+# ------------------------------------------------------------------------- request-head timeout
+async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _closed_after(writer_steps: list[bytes], seconds: float) -> tuple[float | None, bytes]:
+    """(seconds until uvicorn closed a connection that sent ``writer_steps`` (one every 0.1 s, then
+    nothing), or None when it was still open after ``seconds``; what it answered)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(_ok, lifespan="off", log_level="warning", http="h11")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection(*sock.getsockname())
+    start, answer = time.monotonic(), b""
+
+    async def read() -> None:
+        nonlocal answer
+        while data := await reader.read(1024):
+            answer += data
+
+    reading = asyncio.create_task(read())
+    try:
+        for step in writer_steps:
+            writer.write(step)
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reading, seconds - (time.monotonic() - start))
+            return time.monotonic() - start, answer
+        return None, answer
+    finally:
+        writer.close()
+        server.should_exit = True
+        await serving
+
+
+@pytest.fixture()
+def head_timeout() -> Iterator[float]:
+    bentoml_fixes.bound_request_head(0.5)
+    yield 0.5
+    bentoml_fixes.bound_request_head(Settings().request_head_timeout_s)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [],  # a connection that never sends anything
+        [b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"X-Slow: 1\r\n", b"X-Slow: 2\r\n", b"X-Slow: 3\r\n"] * 2,
+        [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\n", b"X-Slow: 1\r\n"] + [b"X: 1\r\n"] * 8,
+    ],
+    ids=["silent", "slow-head", "slow-second-head"],
+)
+def test_a_connection_without_a_complete_request_head_is_closed(
+    steps: list[bytes], head_timeout: float
+) -> None:
+    closed, answer = asyncio.run(_closed_after(steps, seconds=4))
+    assert closed is not None and head_timeout <= closed < head_timeout + len(steps) * 0.1 + 1
+    assert answer.count(b"200 OK") == (1 if b"\r\n\r\n" in b"".join(steps) else 0)
+
+
+def test_a_slow_body_after_a_complete_head_is_not_cut(head_timeout: float) -> None:
+    head = [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"]
+    closed, answer = asyncio.run(_closed_after(head + [b"x"] * 12, seconds=4))  # 1.3 s of body
+    assert closed is not None and closed > 1.2 and answer.startswith(b"HTTP/1.1 200")
