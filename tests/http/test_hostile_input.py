@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,32 +20,9 @@ from starlette.testclient import TestClient
 from loadtests.servers import ServedFolio
 from runners.recommender import cache_params
 from runners.schemas import RecommendRequest
-from tests.http.app import asgi_client
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
 DAY = 86400.0
-
-
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hostile-state")
-
-
-@pytest.fixture(scope="module")
-def env(model_tag: str, state_dir: Path) -> dict[str, str]:
-    return {
-        "FOLIO_MODEL_TAG": model_tag,
-        "FOLIO_STATE_DIR": str(state_dir),
-        "FOLIO_TRENDING_HALF_LIFE_S": "3600",  # was a time bomb: 500s today below ~28,000 s
-        "FOLIO_FEEDBACK_USER_BURST": "50",
-        "FOLIO_FEEDBACK_USER_RPS": "0.01",
-    }
-
-
-@pytest.fixture(scope="module")
-def client(env: dict[str, str]) -> Iterator[TestClient]:
-    with asgi_client(env) as c:
-        yield c
 
 
 def journal(state_dir: Path) -> bytes:
@@ -153,14 +130,18 @@ def test_forget_keeps_the_journal_writable(client: TestClient, state_dir: Path) 
 
 
 def test_the_service_starts_again_after_all_of_the_above(
-    client: TestClient, env: dict[str, str], state_dir: Path
+    client: TestClient, env: dict[str, str], state_dir: Path, tmp_path: Path
 ) -> None:
-    """Last in the module: a restart replays the journal this module wrote, plus planted bad lines."""
+    """A restart replays the journal written so far (a copy, with its hash key), plus planted bad lines."""
     assert client.post("/feedback", json=event(user="before-restart", item="b3")).status_code == 200
-    with open(state_dir / "journal.jsonl", "a") as f:
+    copy = tmp_path / "state"
+    copy.mkdir()
+    for name in ("journal.jsonl", "user-hash.key"):
+        shutil.copy(state_dir / name, copy / name)
+    with open(copy / "journal.jsonl", "a") as f:
         bad = {"op": "ev", "w": 5.0, "e": {**event(), "value": None, "ts": 1e309, "variant": None}}
         f.write(json.dumps(bad) + "\n" + '{"op": "ev", "w": 5.0, "e": {"user_id": 7}}\n')
-    with ServedFolio(env, state_dir / "restart.log") as again:  # a real process on the same journal
+    with ServedFolio({**env, "FOLIO_STATE_DIR": str(copy)}, tmp_path / "restart.log") as again:
         assert httpx.post(f"{again.url}/trending", json={"k": 5}, timeout=30).status_code == 200
         body = httpx.post(f"{again.url}/recommend", json={"user_id": "before-restart"}, timeout=30).json()
         assert body["cold_start"] is True and "b3" not in {i["item_id"] for i in body["items"]}

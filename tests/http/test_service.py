@@ -7,29 +7,15 @@ mostly one genre), saved to the temporary store. State is the embedded kind (in-
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from runners.settings import load_settings
-from tests.http.app import asgi_client
 from tests.synthetic_catalog import genre_of_book
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
-
-
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("state")
-
-
-@pytest.fixture(scope="module")
-def client(model_tag: str, state_dir: Path) -> Iterator[TestClient]:
-    env = {"FOLIO_MODEL_TAG": model_tag, "FOLIO_STATE_DIR": str(state_dir), "FOLIO_MAX_PER_GENRE": "10"}
-    with asgi_client(env) as c:
-        yield c
 
 
 def recommend(client: TestClient, **body) -> dict:
