@@ -1,6 +1,7 @@
 """One entry-service app for every test in tests/http (BentoML registers its metrics once a process,
 so a second app in the same process fails): the model trained on the synthetic catalog, embedded state
-in a temporary directory, the real embedded tritonserver."""
+in a temporary directory, the real embedded tritonserver. Package scope: its FOLIO_* variables are set
+until the last test here, and never leak into the servers of tests/integration."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from starlette.testclient import TestClient
 from tests.http.app import asgi_client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def env(model_tag: str, state_dir: Path) -> dict[str, str]:
     return {
         "FOLIO_MODEL_TAG": model_tag,
@@ -30,7 +31,7 @@ def env(model_tag: str, state_dir: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(env: dict[str, str]) -> Iterator[TestClient]:
     with asgi_client(env) as c:
         yield c
