@@ -14,8 +14,16 @@ What BentoML gets wrong, and what ``true_spec`` does about it:
   (so ``null`` reads as refused), and the components use JSON Schema 2020-12 forms that OpenAPI 3.0
   lacks (``type: null``, numeric ``exclusiveMinimum``, ``const``). Bodies become references to the
   components, which are rewritten in 3.0 terms (``nullable: true``, boolean exclusive bounds, ``enum``).
+* Request bodies: BentoML marks none required. A body whose model has required fields is
+  ``required: true`` (no body is a 400); one whose fields all have defaults stays optional, and the
+  server reads no body as ``{}`` (BentoML's JSON serde), so the two agree.
 * Values the configuration fixes: ``variant`` of /recommend is one of the precisions or the configured
   A/B variants' names (anything else is a 400), so the document lists them (``served_choices``).
+* The feedback ``ts`` window: a ``ts`` is accepted only within [now - FOLIO_FEEDBACK_MAX_AGE_S,
+  now + FOLIO_FEEDBACK_MAX_SKEW_S] of the server's clock (else a 400 Problem, nothing recorded). No
+  static bound says that (it moves with the clock): the schema keeps its fixed bounds, and the field
+  and the 400 of /feedback and /feedback/batch state the window, with its bounds in seconds in
+  ``x-folio-accepted-window`` (``served_window``).
 * The infrastructure routes: /readyz can answer 503 (text); /metrics is behind the API key.
 """
 
@@ -75,7 +83,7 @@ SERVICE_ERRORS: dict[str, dict[int, str]] = {
     "/recommend": {400: "unknown variant"},
     "/similar": {404: "unknown item"},
     "/feedback": {
-        400: "event refused (e.g. its ts out of the accepted window)",
+        400: "an event's ts outside the accepted window: nothing recorded",
         404: "unknown item",
         429: "too much feedback for this user: nothing recorded",
         503: "the state store is unreachable: nothing recorded",
@@ -88,6 +96,12 @@ SERVICE_ERRORS: dict[str, dict[int, str]] = {
 }
 SERVICE_ERRORS["/feedback/batch"] = SERVICE_ERRORS["/feedback"]
 OPEN_INFRA = ("/healthz", "/livez", "/readyz")
+# The fields whose values the server accepts only within a window of its clock, the routes that take
+# them, and what their 400 Problem's error says (runners/recommender.py InvalidEvent).
+WINDOWED_FIELDS = (("FeedbackEvent", "ts"),)
+WINDOWED_ROUTES = ("/feedback", "/feedback/batch")
+WINDOW_REFUSAL = "is outside the accepted window"
+Window = tuple[float, float]  # (FOLIO_FEEDBACK_MAX_AGE_S, FOLIO_FEEDBACK_MAX_SKEW_S), seconds
 _BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError", "TaskStatusResponse")
 
 _RETRY_AFTER = {
@@ -129,15 +143,44 @@ def _guard_errors(with_body: bool) -> dict[str, Spec]:
     return out
 
 
-def api_responses(route: str, ok: Spec) -> dict[str, Spec]:
-    """The responses of the API route ``route`` whose 200 is ``ok``."""
+def window_extension(window: Window) -> Spec:
+    """``x-folio-accepted-window``: the bounds of the ts window, relative to the server's clock."""
+    max_age, max_skew = window
+    return {
+        "max-age-s": max_age,
+        "max-skew-s": max_skew,
+        "relative-to": "the server's clock when it reads the request",
+        "refusal": f"400 Problem whose error says '{WINDOW_REFUSAL}'; nothing recorded",
+    }
+
+
+def window_text(window: Window | None) -> str:
+    if window is None:
+        return "[now - FOLIO_FEEDBACK_MAX_AGE_S, now + FOLIO_FEEDBACK_MAX_SKEW_S] of the server's clock"
+    return (
+        f"[now - {window[0]:.15g} s, now + {window[1]:.15g} s] of the server's clock"
+        " (FOLIO_FEEDBACK_MAX_AGE_S, FOLIO_FEEDBACK_MAX_SKEW_S)"
+    )
+
+
+def api_responses(route: str, ok: Spec, window: Window | None = None) -> dict[str, Spec]:
+    """The responses of the API route ``route`` whose 200 is ``ok``; ``window``: the ts window
+    (``served_window``), stated in the 400 of ``WINDOWED_ROUTES``."""
     service = SERVICE_ERRORS.get(route, {})
     responses: dict[str, Spec] = {"200": ok, **_guard_errors(with_body=True)}
+    refused = f"; or {service[400]}" if 400 in service else ""
+    if route in WINDOWED_ROUTES:
+        refused = (
+            f"; or an event's `ts` outside {window_text(window)}, although within the schema's static"
+            f" bounds: a Problem whose error says 'ts <value> {WINDOW_REFUSAL} [<oldest>, <newest>]',"
+            " nothing recorded"
+        )
     responses["400"] = _json(
         _either("ValidationError", *(["Problem"] if 400 in service else [])),
-        "the body is not valid JSON or breaks the schema"
-        + (f"; or {service[400]}" if 400 in service else ""),
+        "the body is not valid JSON or breaks the schema" + refused,
     )
+    if route in WINDOWED_ROUTES and window is not None:
+        responses["400"]["x-folio-accepted-window"] = window_extension(window)
     for status, when in service.items():
         if status == 400:
             continue
@@ -227,6 +270,41 @@ def served_choices() -> Choices:
     return {("RecommendRequest", "variant"): names}
 
 
+def served_window() -> Window:
+    """The ts window this server applies (runners/recommender.py ``feedback_events``)."""
+    from runners.settings import load_settings
+
+    settings = load_settings()
+    return settings.feedback_max_age_s, settings.feedback_max_skew_s
+
+
+def _state_window(schemas: Spec, window: Window | None) -> None:
+    for model, field in WINDOWED_FIELDS:
+        for name in (model, f"{model}IODescriptor"):
+            prop = schemas.get(name, {}).get("properties", {}).get(field)
+            if not isinstance(prop, dict):
+                continue
+            said = prop.get("description", "")
+            prop["description"] = (
+                f"{said}{'. ' if said else ''}Accepted only within {window_text(window)}, whatever the"
+                f" static bounds: outside it the answer is a 400 whose error says '{WINDOW_REFUSAL}'"
+            )
+            if window is not None:
+                prop["x-folio-accepted-window"] = window_extension(window)
+
+
+def _require_body(body: Spec, schemas: Spec) -> None:
+    """``required: true`` when the body's model has required fields; else the body is optional, and
+    the server reads no body as ``{}`` (BentoML's JSON serde)."""
+    schema = body.get("content", {}).get(JSON, {}).get("schema", {})
+    ref = schema.get("$ref")
+    target = schemas.get(ref[len(REF) :], {}) if isinstance(ref, str) and ref.startswith(REF) else schema
+    if target.get("required"):
+        body["required"] = True
+    elif target.get("properties"):
+        body.setdefault("description", "optional: no body means `{}`, every field's default")
+
+
 def _restrict(schemas: Spec, choices: Choices) -> None:
     for (model, field), values in choices.items():
         for name in (model, f"{model}IODescriptor"):
@@ -236,13 +314,15 @@ def _restrict(schemas: Spec, choices: Choices) -> None:
                 prop["enum"] = [*values, *([None] if nullable else [])]  # 3.0: null listed with nullable
 
 
-def true_spec(generated: Spec, choices: Choices | None = None) -> Spec:
+def true_spec(generated: Spec, choices: Choices | None = None, window: Window | None = None) -> Spec:
     """``generated`` (BentoML's ``openapi_spec.asdict()``), corrected; the argument is not changed.
-    ``choices``: request fields whose values the configuration fixes (``served_choices``)."""
+    ``choices``: request fields whose values the configuration fixes (``served_choices``); ``window``:
+    the feedback ts window (``served_window``), stated where it applies."""
     spec = copy.deepcopy(generated)
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     _restrict(schemas, choices or {})
+    _state_window(schemas, window)
     for path, item in spec.get("paths", {}).items():
         for method, op in item.items():
             if not isinstance(op, dict) or "responses" not in op:
@@ -262,9 +342,10 @@ def true_spec(generated: Spec, choices: Choices | None = None) -> Spec:
                 continue
             if "requestBody" in op:
                 _body_ref(op["requestBody"].get("content", {}), schemas)
+                _require_body(op["requestBody"], schemas)
             ok = op["responses"].get("200", {"description": "OK"})
             _body_ref(ok.get("content", {}), schemas)
-            op["responses"] = api_responses(path, ok)
+            op["responses"] = api_responses(path, ok, window)
     to_openapi30(schemas, is_map=True)
     to_openapi30(spec.get("paths", {}), is_map=True)
     schemas.update(copy.deepcopy(SCHEMAS))
@@ -299,7 +380,8 @@ def install() -> None:
     async def openapi_spec_view(self: Any, req: Request) -> Response:
         try:
             if getattr(self, "_folio_spec", None) is None:  # the same for the app's life: built once
-                self._folio_spec = true_spec(self.service.openapi_spec.asdict(), served_choices())
+                generated = self.service.openapi_spec.asdict()
+                self._folio_spec = true_spec(generated, served_choices(), served_window())
             return JSONResponse(self._folio_spec)
         except Exception:
             log.exception("could not build /docs.json")

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from loadtests.servers import ServedFolio
+from tests.openapi_doc import resolved
 
 pytestmark = pytest.mark.integration
 HEAD_TIMEOUT_S = 2.0
@@ -60,19 +61,6 @@ def worker_rss_mb(served: ServedFolio) -> float:
     assert served.proc is not None
     tree = [psutil.Process(served.proc.pid), *psutil.Process(served.proc.pid).children(recursive=True)]
     return sum(p.memory_info().rss for p in tree if "tritonserver" not in p.name()) / 2**20
-
-
-def resolved(spec: dict[str, Any], node: Any) -> Any:
-    if isinstance(node, list):
-        return [resolved(spec, v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        return resolved(spec, spec["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]])
-    out = {k: resolved(spec, v) for k, v in node.items()}
-    if out.pop("nullable", False):
-        return {"anyOf": [out, {"type": "null"}]}
-    return out
 
 
 def documented(served: ServedFolio, route: str, response: httpx.Response) -> None:

@@ -1,11 +1,13 @@
 """/docs.json after runners/openapi.py: a valid OpenAPI 3.0 document whose error responses are the ones
-the server sends, with nullable fields nullable; and its table of service errors matches service.py."""
+the server sends, with nullable fields nullable, bodies required exactly when the server needs one, and
+the feedback ts window stated; and its table of service errors matches service.py."""
 
 from __future__ import annotations
 
 import ast
 import copy
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +22,12 @@ from starlette.testclient import TestClient
 
 from runners import bentoml_fixes, openapi
 from runners.guard import GuardMiddleware, Runtime
+from runners.recommender import InvalidEvent
+from runners.recommender import Recommender as Pipeline
+from runners.schemas import FeedbackBatch, FeedbackEvent
 from runners.settings import Settings, hash_key, load_settings
+from runners.store import TS_MAX
+from tests.openapi_doc import resolved
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,11 +44,30 @@ class Answer(BaseModel):
     year: int | None = None
 
 
+class Page(BaseModel):  # every field has a default: the body is optional
+    k: int = Field(10, ge=1)
+
+
 @bentoml.service
 class Docs:
     @bentoml.api(route="/similar")
     def similar(self, query: Query, /) -> Answer:
         return Answer(user_id=query.user_id)
+
+    @bentoml.api(route="/page")
+    def page(self, page: Page, /) -> Answer:
+        return Answer(user_id=str(page.k))
+
+
+@bentoml.service
+class Feedback:  # the routes whose ts has a window (not served: only its document is read)
+    @bentoml.api(route="/feedback")
+    def feedback(self, event: FeedbackEvent, /) -> Answer:
+        return Answer(user_id=event.user_id)
+
+    @bentoml.api(route="/feedback/batch")
+    def feedback_batch(self, batch: FeedbackBatch, /) -> Answer:
+        return Answer(user_id=batch.events[0].user_id)
 
 
 Docs.add_asgi_middleware(  # type: ignore[attr-defined]
@@ -63,20 +89,6 @@ def client() -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def spec(client: TestClient) -> dict[str, Any]:
     return client.get("/docs.json").json()
-
-
-def resolved(spec: dict[str, Any], node: Any) -> Any:
-    """``node`` with every $ref replaced by its component (no cycles here), ``nullable`` as JSON Schema."""
-    if isinstance(node, list):
-        return [resolved(spec, v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        return resolved(spec, spec["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]])
-    out = {k: resolved(spec, v) for k, v in node.items()}
-    if out.pop("nullable", False):  # OpenAPI 3.0's nullable, in JSON Schema terms
-        return {"anyOf": [out, {"type": "null"}]}
-    return out
 
 
 def conforms(spec: dict[str, Any], path: str, status: int, body: Any) -> None:
@@ -134,6 +146,69 @@ def test_what_the_server_answers_is_what_the_document_says(client: TestClient, s
     for r in answers:
         conforms(spec, "/similar", r.status_code, r.json())
     assert isinstance(answers[0].json()["detail"], list)  # BentoML documented it as a string
+
+
+def test_a_body_is_required_exactly_when_the_server_needs_one(
+    client: TestClient, spec: dict[str, Any]
+) -> None:
+    """A model with required fields: ``required: true`` (no body is a 400). All fields defaulted: the body
+    is optional, and no body (or an empty one) is read as ``{}``."""
+    key = {"Authorization": "Bearer k"}
+    assert spec["paths"]["/similar"]["post"]["requestBody"]["required"] is True
+    assert spec["paths"]["/page"]["post"]["requestBody"].get("required", False) is False
+    missing = client.post("/similar", headers=key)
+    assert missing.status_code == 400, missing.text
+    conforms(spec, "/similar", 400, missing.json())
+    for answer in (client.post("/page", headers=key), client.post("/page", content=b"", headers=key)):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["user_id"] == "10"
+        conforms(spec, "/page", 200, answer.json())
+
+
+def test_the_ts_window_is_stated_where_it_applies() -> None:
+    spec = openapi.true_spec(Feedback.openapi_spec.asdict(), window=(3600.0, 60.0))
+    errors = list(jsonschema.Draft4Validator(OPENAPI_30).iter_errors(spec))
+    assert not errors, [f"{list(e.absolute_path)}: {e.message[:200]}" for e in errors[:5]]
+    stated = {"max-age-s": 3600.0, "max-skew-s": 60.0}
+    schemas = spec["components"]["schemas"]
+    for name in ("FeedbackEvent", "FeedbackEventIODescriptor"):
+        ts = schemas[name]["properties"]["ts"]
+        assert ts["maximum"] == TS_MAX and ts["minimum"] == 0 and ts["exclusiveMinimum"] is True
+        assert ts["x-folio-accepted-window"].items() >= stated.items()
+        assert "[now - 3600 s, now + 60 s]" in ts["description"]
+    for route in openapi.WINDOWED_ROUTES:
+        op = spec["paths"][route]["post"]
+        assert op["requestBody"]["required"] is True
+        refused = op["responses"]["400"]
+        assert refused["x-folio-accepted-window"].items() >= stated.items()
+        assert "[now - 3600 s, now + 60 s]" in refused["description"]
+        assert openapi.WINDOW_REFUSAL in refused["description"]
+        assert {"$ref": openapi.REF + "Problem"} in refused["content"]["application/json"]["schema"]["anyOf"]
+    # without a known window, the rule is still said (with the settings' names), without numbers
+    generic = openapi.true_spec(Feedback.openapi_spec.asdict())
+    refused = generic["paths"]["/feedback"]["post"]["responses"]["400"]
+    assert "FOLIO_FEEDBACK_MAX_AGE_S" in refused["description"] and "x-folio-accepted-window" not in refused
+
+
+def test_the_window_refusal_is_what_the_document_says() -> None:
+    pipeline = object.__new__(Pipeline)  # the window is checked before the model is looked at
+    pipeline.settings = Settings(feedback_max_age_s=3600, feedback_max_skew_s=60)
+    for ts in (time.time() - 7200, time.time() + 600):
+        event = FeedbackEvent(user_id="u", item_id="b", event="click", ts=ts)
+        with pytest.raises(InvalidEvent, match=f"^ts {ts!r} {openapi.WINDOW_REFUSAL} "):
+            pipeline.feedback_events([event], [None])
+
+
+def test_served_window_is_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOLIO_FEEDBACK_MAX_AGE_S", "7200")
+    monkeypatch.setenv("FOLIO_FEEDBACK_MAX_SKEW_S", "30")
+    load_settings.cache_clear()
+    try:
+        assert openapi.served_window() == (7200.0, 30.0)
+    finally:
+        monkeypatch.delenv("FOLIO_FEEDBACK_MAX_AGE_S")
+        monkeypatch.delenv("FOLIO_FEEDBACK_MAX_SKEW_S")
+        load_settings.cache_clear()
 
 
 def test_the_service_errors_table_matches_service_py() -> None:

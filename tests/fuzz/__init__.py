@@ -1,0 +1,1 @@
+"""Helpers of the schemathesis fuzz suite (tests/integration/test_fuzz.py)."""
