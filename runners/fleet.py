@@ -81,8 +81,10 @@ class Fleet:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # retiring deployments close their Triton
         for dep in self.deployments.values():
             await dep.ranking.close()
 

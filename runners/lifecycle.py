@@ -100,10 +100,13 @@ async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton:
 
 
 async def retire(old: Deployment, grace_s: float) -> None:
-    """Close a swapped-out deployment once the requests it was serving have had time to finish."""
-    await asyncio.sleep(grace_s)
-    await old.ranking.close()
-    log.info("retired %s", old.tag)
+    """Close a swapped-out deployment once the requests it was serving have had time to finish; at once
+    when cancelled (shutdown), so its embedded tritonserver never outlives the worker."""
+    try:
+        await asyncio.sleep(grace_s)
+    finally:
+        await old.ranking.close()
+        log.info("retired %s", old.tag)
 
 
 class Drain:

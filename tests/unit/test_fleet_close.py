@@ -1,0 +1,41 @@
+"""A deployment being retired when the worker shuts down still closes its ranking stage (and with it
+its embedded tritonserver): a 2-worker reload test had left one running after shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+from runners.fleet import Fleet
+from runners.lifecycle import retire
+from runners.settings import Settings
+from runners.store import LocalState
+
+
+class FakeRanking:  # stands in for RankingStage: only close() is used by retire()
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def test_shutdown_during_the_grace_period_closes_the_retiring_deployment(tmp_path: Path) -> None:
+    async def main() -> None:
+        state = LocalState(tmp_path / "journal.jsonl")
+        fleet = Fleet(Settings(state_dir=tmp_path, model_watch_s=0), state)
+        old = SimpleNamespace(ranking=FakeRanking(), tag="folio:old")
+        fleet._background(retire(old, grace_s=3600))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        await fleet.close()
+        assert old.ranking.closed == 1
+        await state.close()
+
+    asyncio.run(main())
+
+
+def test_retire_closes_after_the_grace_period() -> None:
+    old = SimpleNamespace(ranking=FakeRanking(), tag="folio:old")
+    asyncio.run(retire(old, grace_s=0.01))  # type: ignore[arg-type]
+    assert old.ranking.closed == 1
