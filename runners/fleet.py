@@ -195,6 +195,8 @@ class Fleet:
                 if prod_tag is not None and prod_tag != seen:
                     seen = prod_tag
                     await self.reload(seen)
+                    with contextlib.suppress(StateUnavailable):  # an override ends with its production
+                        await self.state.set_shared(RELOAD_KEY, "{}")
                 shared = await self.state.get_shared(RELOAD_KEY)
                 if shared is not None and shared != seen_reload:
                     seen_reload = shared

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
             raise ValueError("FOLIO_FEEDBACK_MAX_SKEW_S must be at most 64 x FOLIO_TRENDING_HALF_LIFE_S")
         return self
 
+    @field_validator("rate_limit_rps", "feedback_user_rps")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if 0 < v < 1e-3:  # bucket expiry times must stay integers Redis can read
+            raise ValueError("must be 0 (off) or at least 0.001 per second")
+        return v
+
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: str) -> str:

@@ -175,9 +175,10 @@ def log2_add(a: float | None, b: float) -> float:
 
 
 def decayed(log2_sum: float, now: float, half_life_s: float) -> float:
-    """The decayed score at ``now``. The exponent is bounded by validated settings (skew / half-life);
-    the clamp only guarantees that a read never raises."""
-    return 2.0 ** min(log2_sum - (now - EPOCH) / half_life_s, 1000.0)
+    """The decayed score at ``now``. The exponent is bounded by validated settings (skew / half-life)
+    and by the sums' half-life matching the reader's (trl records and Redis keys carry it); the clamp
+    only guarantees a read that never raises and stays finite in float32."""
+    return 2.0 ** min(log2_sum - (now - EPOCH) / half_life_s, 120.0)
 
 
 def _gen_base() -> int:
@@ -314,6 +315,9 @@ class LocalState:
         elif op == "forget":  # written before keyed hashes
             self._legacy_forgotten.add(str(rec["h"]))
         elif op in ("tr", "trl"):  # anonymous trending sums of purged lines ("tr": linear, older journals)
+            if float(rec.get("hl", self.half_life_s)) != self.half_life_s:
+                log.warning("journal: trending sums kept for another half-life (%s s) are dropped", rec["hl"])
+                return  # they cannot be rescaled without the events' timestamps
             for item, s in rec["s"].items():
                 if op == "tr" and not float(s) > 0:
                     continue
@@ -340,9 +344,24 @@ class LocalState:
         self._buckets.pop(f"user:{user_id}", None)
 
     def _write(self, payload: bytes) -> None:
-        self._fh.write(payload)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Append and fsync, or raise StateUnavailable with the journal as it was (a torn or unsynced
+        payload is cut off again, so a refused write never comes back on replay)."""
+        start = self._fh.tell()
+        try:
+            self._fh.write(payload)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._fh.close()  # drops what is still buffered
+            try:
+                os.truncate(self.journal_path, start)
+                self._fh = open(self.journal_path, "ab")  # noqa: SIM115
+            except OSError as again:
+                log.error(
+                    "journal %s could not be restored after a failed write: %s", self.journal_path, again
+                )
+            raise StateUnavailable(f"journal {self.journal_path}: write failed: {exc}") from exc
 
     # ---------------------------------------------------------------- writes
     async def append_events(self, events: Sequence[Event], weights: Sequence[float]) -> None:
@@ -415,11 +434,14 @@ class LocalState:
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
         await asyncio.to_thread(_write_synced, tmp, head.kept, "wb")
         async with self._lock:
-            tail = self._filter(_read_range(self.journal_path, end, self._fh.tell()), purge)
+            tail_bytes = _read_range(self.journal_path, end, self._fh.tell())
+            tail = await asyncio.to_thread(self._filter, tail_bytes, purge)
             removed = head.removed
             for item, x in tail.removed.items():
                 removed[item] = log2_add(removed.get(item), x)
-            await asyncio.to_thread(self._swap, tmp, [*tail.kept, *_trending_record(removed)])
+            await asyncio.to_thread(
+                self._swap, tmp, [*tail.kept, *_trending_record(removed, self.half_life_s)]
+            )
             for user in purge:
                 if user not in tail.forgotten_again:  # forgotten again meanwhile: the next run handles it
                     self._purge.discard(user)
@@ -428,10 +450,11 @@ class LocalState:
 
     def _swap(self, tmp: Path, extra: list[bytes]) -> None:
         _write_synced(tmp, extra, "ab")
+        new = open(tmp, "ab")  # noqa: SIM115  (opened before the rename: no failure after it)
         os.replace(tmp, self.journal_path)
-        _fsync_dir(self.journal_path.parent)
-        old, self._fh = self._fh, open(self.journal_path, "ab")  # noqa: SIM115
+        old, self._fh = self._fh, new
         old.close()
+        _fsync_dir(self.journal_path.parent)
 
     async def _compact_pending(self) -> None:
         while self._purge:
@@ -446,7 +469,7 @@ class LocalState:
         purge = set(self._purge)
         done = self._filter(self.journal_path.read_bytes(), purge)
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
-        _write_synced(tmp, [*done.kept, *_trending_record(done.removed)], "wb")
+        _write_synced(tmp, [*done.kept, *_trending_record(done.removed, self.half_life_s)], "wb")
         self._swap(tmp, [])
         self._purge.clear()
         self._journal_users -= purge - done.kept_users
@@ -538,9 +561,9 @@ class LocalState:
         self._fh.close()
 
 
-def _trending_record(removed: dict[str, float]) -> list[bytes]:
+def _trending_record(removed: dict[str, float], half_life_s: float) -> list[bytes]:
     """The journal line that keeps purged lines' trending contributions as anonymous per-item sums."""
-    return [json.dumps({"op": "trl", "s": removed}).encode() + b"\n"] if removed else []
+    return [json.dumps({"op": "trl", "hl": half_life_s, "s": removed}).encode() + b"\n"] if removed else []
 
 
 def _read_range(path: Path, start: int, end: int) -> bytes:
@@ -659,6 +682,8 @@ class RedisState:
         self.max_history, self.half_life_s, self.stream_maxlen = max_history, half_life_s, stream_maxlen
         self.socket_timeout_s, self.cache_fields = socket_timeout_s, cache_fields
         self._key = hash_key
+        # per half-life: sums made with another one cannot be rescaled (a changed setting starts afresh)
+        self._trend_key = self._k("trendlog", f"{half_life_s:g}")
         # One immediate retry on ConnectionError only: it reopens a pooled connection that went stale when
         # Redis restarted. Timeouts are not retried (a retried MULTI/EXEC whose reply was late would apply
         # twice; only a connection cut between EXEC and its reply still can), so a slow or unreachable
@@ -719,7 +744,7 @@ class RedisState:
             async with self._r.pipeline(transaction=True) as p:
                 for e, (js, x) in zip(events, rows, strict=True):
                     p.rpush(self._k("hist", e.user_id), js)
-                    script_keys = [self._k("feedback"), self._k("fids", e.user_id), self._k("trendlog")]
+                    script_keys = [self._k("feedback"), self._k("fids", e.user_id), self._trend_key]
                     await self._append(
                         keys=script_keys, args=[self.stream_maxlen, js, e.item_id, x], client=p
                     )
@@ -768,7 +793,7 @@ class RedisState:
         now = time.time() if now is None else now
         with self._guard():
             rows = await self._r.zrevrange(
-                self._k("trendlog"), 0, -1 if top is None else top - 1, withscores=True
+                self._trend_key, 0, -1 if top is None else top - 1, withscores=True
             )
         scored = cast(list[tuple[str, float]], rows)
         return {str(item): decayed(float(x), now, self.half_life_s) for item, x in scored}

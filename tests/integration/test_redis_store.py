@@ -92,7 +92,7 @@ def test_append_uses_keys_under_prefix_and_the_stream(live_redis: RedisServer) -
     with live_redis.client() as c:
         keys = {k.decode() for k in c.scan_iter()}
         per_user = {f"t1:{k}:{u}" for k in ("hist", "gen", "fids") for u in (ALICE, BOB)}
-        assert keys == per_user | {"t1:trendlog", "t1:feedback", "t1:hashkey"}
+        assert keys == per_user | {"t1:trendlog:86400", "t1:feedback", "t1:hashkey"}
         entries = c.xrange("t1:feedback")
         ids = [entry_id for entry_id, _ in entries]
         assert c.lrange(f"t1:fids:{ALICE}", 0, -1) == [ids[0], ids[2]]

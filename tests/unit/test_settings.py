@@ -29,6 +29,7 @@ def load_with(mp: pytest.MonkeyPatch, **env: str) -> Settings:
         ({"FOLIO_FEEDBACK_USER_BURST": "0"}, "FOLIO_FEEDBACK_USER_BURST"),
         ({"FOLIO_RATE_LIMIT_RPS": "inf"}, "FOLIO_RATE_LIMIT_RPS"),
         ({"FOLIO_USER_HASH_KEY": "short"}, "FOLIO_USER_HASH_KEY"),
+        ({"FOLIO_FEEDBACK_USER_RPS": "1e-12"}, "FOLIO_FEEDBACK_USER_RPS"),  # expiry 1e+18 ms: Redis refuses
     ],
 )
 def test_out_of_bounds_settings_fail_naming_the_variable(

@@ -22,6 +22,7 @@ from runners.store import (
     Event,
     LocalState,
     StateStore,
+    StateUnavailable,
     keyed_user_hash,
     legacy_user_hash,
     open_state,
@@ -528,3 +529,41 @@ def test_legacy_forget_records_are_still_honoured(journal: Path) -> None:
 def test_event_bounds(fields: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Event(**{"user_id": ALICE, "item_id": "a", "event": "click", "value": None, "ts": T0, **fields})
+
+
+def test_a_failed_write_is_refused_and_cut_off_again(journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk error mid-append answers StateUnavailable (503), and the refused payload never comes back."""
+
+    async def main() -> None:
+        s = LocalState(journal)
+        await s.append_events([ev(ALICE, "a", T0)], [1.0])
+        real_fsync = os.fsync
+
+        def failing_fsync(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(StateUnavailable, match="No space left"):
+            await s.append_events([ev(ALICE, "refused", T0 + 1)], [1.0])
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        await s.append_events([ev(ALICE, "b", T0 + 2)], [1.0])
+        await s.close()
+        r = LocalState(journal)
+        assert [e.item_id for e in await r.history(ALICE)] == ["a", "b"] and r.journal_skipped == 0
+        await r.close()
+
+    asyncio.run(main())
+
+
+def test_trending_sums_of_another_half_life_are_dropped_not_overflowed(journal: Path) -> None:
+    async def main() -> None:
+        s = LocalState(journal, half_life_s=60.0)
+        await s.append_events([ev(ALICE, "a", 3e9), ev(BOB, "b", 3e9)], [1.0, 1.0])
+        await s.forget(ALICE)  # compaction keeps ALICE's contribution as a trl record (half-life 60 s)
+        await s.close()
+        r = LocalState(journal, half_life_s=86400.0)
+        got = await r.trending(now=3e9)
+        assert got == pytest.approx({"b": 1.0}) and r.journal_skipped == 0
+        await r.close()
+
+    asyncio.run(main())
