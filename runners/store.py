@@ -12,7 +12,7 @@ Redis keys (all under `prefix`, default "folio:"):
                   refreshed on put; expired fields are ignored
     fids:<user>   list of the user's entry ids in `feedback` (so forget can XDEL them)
     rl:<bucket>   hash tokens/ts of a token bucket (atomic Lua); PEXPIREs when the bucket would be full again
-    trendlog:<hl> zset item -> log2 of the sum of w * 2**((ts - EPOCH) / hl), one key per half-life hl (see "Trending decay")
+    trendlog:<hl> zset item -> log2 of the sum of w * 2**((ts - EPOCH) / hl); one key per half-life hl
     feedback      stream, field "e" = Event JSON, XADD MAXLEN ~ stream_maxlen
     forgotten:k   set of keyed hashes (HMAC-SHA256) of forgotten user ids (never the raw id)
     purge         set of `purge:<nonce>` lists of stream ids still to XDEL (a forget in progress)
