@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from runners.settings import PRECISIONS
 from runners.store import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
 
-UserId = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[\w.@:-]+$")
+# ASCII classes, not \w: JSON Schema's \w (ECMA) is ASCII while Python's and pydantic's are Unicode, so
+# a document with \w would not say what the server accepts (the fuzz suite found "eÕ" accepted).
+UserId = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.@:-]+$")
 ItemId = Field(min_length=1, max_length=MAX_ID_CHARS)
 Genre = Annotated[str, Field(min_length=1, max_length=64)]
 Fallback = Literal["none", "onnxruntime", "popularity"]
@@ -42,7 +44,7 @@ class RecommendRequest(_Strict):
     )
     variant: str | None = Field(
         None,
-        pattern=r"^[\w.-]{1,64}$",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="int8, fp16, fp32 or an A/B variant's name; default: the user's variant",
     )
 
