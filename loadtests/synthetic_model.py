@@ -11,12 +11,24 @@ shapes and structure a trained version has, and written with the project's own c
   the counts in the synthetic histories);
 * users: ``n_users`` histories (5..200 items, log-normal lengths) drawn from clustered preferences (one
   or two favourite genres, Zipf within a genre); split per user 80/10/10 into train / valid / test;
+  every interaction has a Goodbooks-like 1..5 rating, stored as its rating weight
+  (models.candidates.rating_weight: 1, 2 or 3) in ``histories.npz["weights"]``;
 * retrieval: RetrievalWeights with structured random weights: ``item_in`` = genre centre + a shared
   popularity direction + noise, a random user projection, and item vectors = the encoder's output for
   a one-item history (L2-normalized), so users land near their genres' popular items;
 * FAISS index: training.index.build_index (exact up to 100k items, IVF-Flat above);
-* ranker: models.ranker.Ranker (DCN, item tables inside the graph), randomly initialized with its
-  feature normalizer fitted on synthetic candidates (``fit_steps`` > 0 adds a short listwise fit with
+* item-item sources (``item_item.npz``, models.item_item.ItemItem): the layout training.item_item gives
+  a catalog of that size, EASE (``ease``, and ``ease_rated`` on the same matrix with rating weights)
+  plus ItemKNN (``knn``) up to training.item_item.EASE_MAX_ITEMS items, ItemKNN alone above (training
+  inverts no n_items x n_items matrix there). Each matrix has, per item, ``SPARSE_K`` distinct random
+  neighbours (about 80% from its primary genre, the rest Zipf-popular items of the whole catalog, never
+  itself; fewer in a small catalog), EASE-like signed or cosine-like positive weights, stored as
+  training stores a matrix (models.item_item: dense up to DENSE_MAX_ITEMS items, CSR rows above);
+* ranker: models.ranker.Ranker (DCN, item tables inside the graph, the candidate features of
+  models.candidates.feature_names(item_item) as its 4th input), randomly initialized with its feature
+  normalizer fitted on the candidates training.pipeline.retrieve generates (models.candidates: FAISS-
+  equivalent top list merged with the first item-item source, per-candidate features of every source;
+  ``fit_steps`` > 0 adds a short listwise fit with
   training.pipeline.train_ranker's loss; off by default: latency does not depend on the weights, and
   the fits tried scored worse under INT8 parity than the random ranker), exported by
   training.export.export_all (FP32, FP16, INT8 calibrated on those candidates);
@@ -32,7 +44,9 @@ shapes and structure a trained version has, and written with the project's own c
 
 Memory at 1M items (dim 64, hidden 128): item_in 512 MB, item vectors 256 MB, each ONNX ranker
 carries the item tables (vectors, scalars, genres: 348 bytes per item, ~350 MB; FP16 half of it),
-far below protobuf's 2 GB limit, which ``write_synthetic_artifacts`` checks.
+far below protobuf's 2 GB limit, which ``write_synthetic_artifacts`` checks. ``item_item.npz``: a CSR
+matrix costs 8 + SPARSE_K x 8 = 2,056 bytes per item (2.06 GB at 1M items, ItemKNN alone; 4.1 kB per
+item with EASE's matrix too, e.g. at 10k items); a dense one n_items x 4 bytes per item.
 """
 
 from __future__ import annotations
@@ -49,12 +63,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from models.candidates import feature_names, rating_weight
 from models.features import FeatureSpec, genre_matrix, item_tables
-from models.ranker import Ranker
+from models.item_item import DENSE_MAX_ITEMS, SPARSE_K, ItemItem, Matrix, Source, SparseRows
+from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
 from models.user_encoder import RetrievalWeights
 from training import store
 from training.export import ParityError, check_parity, export_all
 from training.index import EXACT_MAX_ITEMS, build_index, index_kind, recall_at_k
+from training.item_item import EASE_MAX_ITEMS
 from training.pipeline import Candidates, histories, listwise_loss, retrieve
 from training.protocol import Fold
 
@@ -74,6 +91,10 @@ PARITY_CELLS = 150_000_000  # cap on users x n_items in check_parity's dense sco
 CANDIDATES = 200  # retrieval depth for the ranker fit and the parity candidates (RankerConfig default)
 CHUNK = 65_536  # rows per step when deriving item vectors
 PARITY_ATTEMPTS = 4  # ranker initializations tried until one passes the parity rule
+RATINGS = (1, 2, 3, 4, 5)
+RATING_SHARES = (0.02, 0.07, 0.23, 0.35, 0.33)  # Goodbooks-10k's rating distribution, roughly
+SAME_GENRE = 0.8  # share of an item's item-item neighbours drawn from its primary genre
+ROW_CHUNK = 16_384  # item-item rows drawn per step (2 x SPARSE_K draws each: ~0.4 GB of temporaries)
 
 
 def _labels(n_items: int) -> str:
@@ -144,13 +165,103 @@ def _histories(
     return out
 
 
-def _csr(rows: list[np.ndarray], n_items: int) -> sp.csr_matrix:
+def _csr(rows: list[np.ndarray], n_items: int, values: list[np.ndarray] | None = None) -> sp.csr_matrix:
+    """users x items, ones or ``values`` (aligned with ``rows``) as data; indices sorted per row."""
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
     indices = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
-    data = np.ones(indices.size, dtype=np.float32)
+    if values is None:
+        data = np.ones(indices.size, dtype=np.float32)
+    else:
+        data = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
     m = sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_items))
-    m.sort_indices()
+    m.sort_indices()  # keeps data aligned
     return m
+
+
+def _rating_weights(rng: np.random.Generator, hists: list[np.ndarray]) -> list[np.ndarray]:
+    """Per user, one rating weight per history item (Goodbooks-like ratings through rating_weight)."""
+    weight = {r: rating_weight(float(r)) for r in RATINGS}
+    table = np.array([weight[r] for r in RATINGS], dtype=np.float32)
+    return [table[rng.choice(len(RATINGS), size=h.size, p=RATING_SHARES)] for h in hists]
+
+
+def item_item_sources(n_items: int) -> tuple[Source, ...]:
+    """The sources training.item_item.fit_item_item serves at this catalog size (EASE only up to
+    EASE_MAX_ITEMS items); ``sources[0]`` generates candidates."""
+    knn = Source("knn", "knn", rated=False)
+    if n_items > EASE_MAX_ITEMS:
+        return (knn,)
+    return (Source("ease", "ease", rated=False), Source("ease_rated", "ease", rated=True), knn)
+
+
+def synthetic_rows(
+    rng: np.random.Generator, primary: np.ndarray, zipf: np.ndarray, *, signed: bool, k: int = SPARSE_K
+) -> SparseRows:
+    """CSR rows with ``min(k, n - 1)`` distinct neighbours per item (fewer where the item's genre is too
+    small to draw them from), sorted int32 columns, never the item itself; about SAME_GENRE of them from the
+    item's primary genre, the rest Zipf-popular items. Weights float32: EASE-like (``signed``: mostly
+    small positive, some negative) or cosine-like (in (0, 0.5]). Built in steps, so the peak
+    is the result plus about 0.4 GB (ROW_CHUNK rows at a time)."""
+    n = primary.size
+    k = min(k, n - 1)
+    order = np.argsort(primary, kind="stable").astype(np.int32)  # items grouped by primary genre
+    sizes = np.bincount(primary, minlength=int(primary.max()) + 1)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    cum = np.cumsum(zipf) / zipf.sum()
+    indptr = np.zeros(n + 1, np.int64)
+    indices = np.empty(n * k, np.int32)
+    data = np.empty(n * k, np.float32)
+    nnz = 0
+    draws = 2 * k  # duplicates and the item itself are dropped; 2k distinct-enough draws leave k
+    for s in range(0, n, ROW_CHUNK):
+        e = min(n, s + ROW_CHUNK)
+        m = e - s
+        g = primary[s:e]
+        pos = starts[g][:, None] + (rng.random((m, draws)) * sizes[g][:, None]).astype(np.int64)
+        cols = order[np.minimum(pos, n - 1)]
+        popular = rng.random((m, draws)) >= SAME_GENRE
+        cols[popular] = np.minimum(np.searchsorted(cum, rng.random(int(popular.sum()))), n - 1)
+        cols.sort(axis=1)
+        drop = np.zeros_like(cols, dtype=bool)
+        drop[:, 1:] = cols[:, 1:] == cols[:, :-1]
+        drop |= cols == np.arange(s, e)[:, None]
+        # k of each row's distinct columns at random: the k smallest random keys (float64: no ties),
+        # the dropped ones keyed last; the mask keeps the sorted order.
+        keys = rng.random((m, draws))
+        keys[drop] = 2.0
+        kth = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+        keep = (keys <= kth) & ~drop
+        counts = keep.sum(1)
+        block = cols[keep]
+        if signed:  # EASE: small weights, positive for most neighbours, some negative
+            vals = rng.normal(0.01, 0.02, block.size).astype(np.float32)
+        else:  # cosine similarity of co-occurrence
+            vals = (0.5 * rng.random(block.size, dtype=np.float32)).clip(min=1e-3)
+        indices[nnz : nnz + block.size] = block
+        data[nnz : nnz + block.size] = vals
+        indptr[s + 1 : e + 1] = nnz + np.cumsum(counts)
+        nnz += block.size
+    indices.resize(nnz, refcheck=False)  # in place: no second copy of the largest arrays
+    data.resize(nnz, refcheck=False)
+    return SparseRows(indptr, indices, data)
+
+
+def _dense(rows: SparseRows, n: int) -> np.ndarray:
+    out = np.zeros((n, n), np.float32)
+    out[np.repeat(np.arange(n), np.diff(rows.indptr)), rows.indices] = rows.data
+    return out
+
+
+def synthetic_item_item(rng: np.random.Generator, primary: np.ndarray, zipf: np.ndarray) -> ItemItem:
+    """The item-item sources of a synthetic version, stored as training stores them (dense up to
+    DENSE_MAX_ITEMS items, SparseRows above)."""
+    n = primary.size
+    sources = item_item_sources(n)
+    matrices: dict[str, Matrix] = {}
+    for name in dict.fromkeys(src.matrix for src in sources):
+        rows = synthetic_rows(rng, primary, zipf, signed=name == "ease")
+        matrices[name] = _dense(rows, n) if n <= DENSE_MAX_ITEMS else rows
+    return ItemItem(matrices, sources)
 
 
 def _weights(
@@ -176,15 +287,20 @@ def _weights(
     return RetrievalWeights(item_in, bias_in, user_w, user_b, vectors)
 
 
-def _retrieve(weights, tables, history, seen, users: np.ndarray, n: int, chunk: int = 64) -> Candidates:
-    """training.pipeline.retrieve in user chunks (its score matrix is [users, n_items])."""
+def _retrieve(
+    weights, tables, item_item, history, seen, users: np.ndarray, n: int, chunk: int = 64
+) -> Candidates:
+    """training.pipeline.retrieve in user chunks (its score matrix is [users, n_items]); ``history``
+    holds rating weights."""
     parts = [
-        retrieve(weights, tables, history, seen, users[s : s + chunk], n) for s in range(0, users.size, chunk)
+        retrieve(weights, tables, item_item, history, seen, users[s : s + chunk], n)
+        for s in range(0, users.size, chunk)
     ]
     return Candidates(
         np.concatenate([p.users for p in parts]),
         np.concatenate([p.items for p in parts]),
         np.concatenate([p.features for p in parts]),
+        np.concatenate([p.cand_features for p in parts]),
     )
 
 
@@ -204,6 +320,7 @@ def _fit_ranker(
     ranker.fit_normalizer(
         torch.from_numpy(cands.items[sample].reshape(-1)),
         torch.from_numpy(np.repeat(cands.features[sample], n, axis=0)),
+        torch.from_numpy(cands.cand_features[sample].reshape(sample.size * n, -1)),
     )
     fit = np.flatnonzero(labels.sum(1) > 0)
     loss = None
@@ -264,18 +381,23 @@ def write_synthetic_artifacts(
     lap("catalog")
 
     hists = _histories(rng, n_users, n_items, n_genres, primary, zipf)
-    train_rows, valid_rows, test_rows = [], [], []
-    for h in hists:
+    # Own generators from here on for what older versions lacked, so the other artifacts stay the same.
+    rated = _rating_weights(np.random.default_rng(seed + 2), hists)
+    train_rows, valid_rows, test_rows, train_weights = [], [], [], []
+    for h, w in zip(hists, rated, strict=True):
         n_hold = max(1, round(0.1 * h.size))
         test_rows.append(h[:n_hold])
         valid_rows.append(h[n_hold : 2 * n_hold])
         train_rows.append(h[2 * n_hold :])
+        train_weights.append(w[2 * n_hold :])
     train, valid_t, test_t = (_csr(r, n_items) for r in (train_rows, valid_rows, test_rows))
-    everything = _csr(hists, n_items)
+    train_rated = _csr(train_rows, n_items, train_weights)  # rating weights: what retrieve() reads
+    everything = _csr(hists, n_items, rated)
     np.savez(
         out / "histories.npz",
         indptr=everything.indptr,
         indices=everything.indices,
+        weights=everything.data.astype(np.float32),  # rating weights, aligned with indices
         user_ids=np.array([str(u + 1) for u in range(n_users)]),
     )
     counts = np.bincount(everything.indices, minlength=n_items)
@@ -300,17 +422,32 @@ def write_synthetic_artifacts(
     del index
     lap("index recall")
 
-    spec = FeatureSpec(retrieval_dim=dim, genres=genres)
+    item_item = synthetic_item_item(np.random.default_rng(seed + 3), primary, zipf)
+    item_item.save(out / "item_item.npz")
+    item_item_info = {
+        "sources": [src.name for src in item_item.sources],
+        "storage": "dense" if n_items <= DENSE_MAX_ITEMS else "sparse",
+        "bytes": (out / "item_item.npz").stat().st_size,
+    }
+    lap("item-item sources")
+
+    spec = FeatureSpec(retrieval_dim=dim, genres=genres, candidate_features=feature_names(item_item))
     tables = item_tables(weights.item_vectors, popularity, years, genre_matrix(item_genres, genres))
-    valid = Fold(train=train, seen=train, target=valid_t)
-    test = Fold(train=train, seen=(train + valid_t).tocsr(), target=test_t)
+    valid = Fold(train=train, seen=train, target=valid_t, weights=train_rated)
+    test = Fold(train=train, seen=(train + valid_t).tocsr(), target=test_t, weights=train_rated)
     users = np.random.default_rng(seed + 1).permutation(n_users)
     n_parity = int(np.clip(PARITY_CELLS // n_items, 64, 512))
     parity_users = np.sort(users[:n_parity])
     fit_users = np.sort(users[n_parity : n_parity + 1024]) if n_users > n_parity else parity_users
-    fit_c = _retrieve(weights, tables, train, train, fit_users, CANDIDATES)
-    valid_c = _retrieve(weights, tables, train, valid.seen, parity_users, CANDIDATES)
-    test_c = _retrieve(weights, tables, train, test.seen, parity_users, CANDIDATES)
+
+    def cands(seen: sp.csr_matrix, users: np.ndarray) -> Candidates:
+        return _retrieve(weights, tables, item_item, train_rated, seen, users, CANDIDATES)
+
+    fit_c, valid_c, test_c = (
+        cands(train, fit_users),
+        cands(valid.seen, parity_users),
+        cands(test.seen, parity_users),
+    )
     lap("candidates")
 
     failures: list[str] = []
@@ -343,9 +480,10 @@ def write_synthetic_artifacts(
                 "user_feature_dim": spec.user_dim,
                 "n_items": n_items,
                 "candidates": CANDIDATES,
+                "candidate_feature_dim": len(spec.candidate_features),
                 "feature_spec": spec.to_json(),
-                "inputs": ["item_ids", "user_features", "candidate_ends"],
-                "outputs": ["scores"],
+                "inputs": list(INPUT_NAMES),
+                "outputs": list(OUTPUT_NAMES),
             },
             indent=1,
         )
@@ -363,6 +501,7 @@ def write_synthetic_artifacts(
         "ranker_init_seed": seed + len(failures),
         "parity_failures": failures,
         "onnx_bytes": sizes,
+        "item_item": item_item_info,
         "build_seconds": times,
     }
     if loss is not None:  # the model store's metadata takes no None

@@ -13,11 +13,13 @@ execution), and served by the embedded tritonserver (`runners.triton.TritonServe
 explicit model control so that only the measured variants load). Each server is warmed up, measured and
 stopped before the next one starts.
 
-Requests are the service's: item_ids int64 [1, n] and user_features float32 [1, D] -> scores [1, n], with
-n = ``--candidates`` (500, FOLIO_CANDIDATES). Ids and user rows are realistic when the model directory
-holds the retrieval artifacts: the rows are the ranker feature rows of training users (user vector from
-their history + genre profile) and the ids their FAISS top-n unseen items, as `runners/retrieval.py`
-computes them; otherwise (a bare ranker directory) uniform ids and Gaussian rows.
+Requests are the service's: item_ids int64 [1, n], user_features float32 [1, D] and candidate_features
+float32 [1, n*F] (F = ranker.json's candidate_feature_dim) -> scores [1, n], with n = ``--candidates``
+(500, FOLIO_CANDIDATES). Requests are realistic when the model directory holds the retrieval and
+item-item artifacts: the rows are the ranker feature rows of training users (user vector from their
+history + genre profile), the ids and candidate features their candidates as `runners/retrieval.py`
+computes them (FAISS top-n unseen items merged with the item-item source, models.candidates);
+otherwise (a bare ranker directory) uniform ids and Gaussian rows and features.
 
 Load generator: asyncio + `tritonclient.grpc.aio` in this process, one shared client (one gRPC channel,
 as the service holds one client per worker; ``--per-user-clients`` gives each user its own), request
@@ -110,7 +112,8 @@ class RequestPool:
 
     inputs: list[list[grpcaio.InferInput]]
     counts: np.ndarray
-    raw: list[tuple[np.ndarray, np.ndarray]]  # (item_ids int64 [n], user row float32 [1, D])
+    # (item_ids int64 [n], user row float32 [1, D], candidate features float32 [n * F], flat)
+    raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     source: str
 
     @property
@@ -118,13 +121,15 @@ class RequestPool:
         return float(self.counts.mean())
 
 
-def _tensors(ids: np.ndarray, user: np.ndarray) -> list[grpcaio.InferInput]:
+def _tensors(ids: np.ndarray, user: np.ndarray, feats: np.ndarray) -> list[grpcaio.InferInput]:
     inputs = [
         grpcaio.InferInput("item_ids", [1, ids.size], "INT64"),
         grpcaio.InferInput("user_features", list(user.shape), "FP32"),
+        grpcaio.InferInput("candidate_features", [1, feats.size], "FP32"),
     ]
     inputs[0].set_data_from_numpy(ids.reshape(1, -1))
     inputs[1].set_data_from_numpy(user)
+    inputs[2].set_data_from_numpy(feats.reshape(1, -1))
     return inputs
 
 
@@ -133,15 +138,26 @@ def request_pool(model_dir: Path, size: int, candidates: int, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     meta = json.loads((model_dir / "ranker.json").read_text())
     n_items, dim = int(meta["n_items"]), int(meta["user_feature_dim"])
-    raw: list[tuple[np.ndarray, np.ndarray]] = []
-    needed = ("retrieval.npz", "items.faiss", "histories.npz", "catalog.json", "popularity.npy")
+    f = int(meta["candidate_feature_dim"])
+    raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    needed = (
+        "retrieval.npz",
+        "item_item.npz",
+        "items.faiss",
+        "histories.npz",
+        "catalog.json",
+        "popularity.npy",
+    )
     if all((model_dir / name).exists() for name in needed):
         import faiss
 
+        from models.candidates import DEFAULT_RATING_WEIGHT, user_candidates
         from models.features import genre_matrix, item_tables, user_features
+        from models.item_item import ItemItem
         from models.user_encoder import RetrievalWeights
 
         weights = RetrievalWeights.load(str(model_dir / "retrieval.npz"))
+        item_item = ItemItem.load(model_dir / "item_item.npz")
         index = faiss.read_index(str(model_dir / "items.faiss"))
         catalog = json.loads((model_dir / "catalog.json").read_text())
         years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], np.float32)
@@ -149,26 +165,36 @@ def request_pool(model_dir: Path, size: int, candidates: int, seed: int = 0) -> 
         tables = item_tables(weights.item_vectors, np.load(model_dir / "popularity.npy"), years, genres)
         with np.load(model_dir / "histories.npz") as h:
             indptr, indices = h["indptr"], h["indices"]
+            rated = h["weights"] if "weights" in h.files else np.full(indices.size, DEFAULT_RATING_WEIGHT)
         rows = rng.choice(len(indptr) - 1, size=size, replace=len(indptr) - 1 < size)
-        for r in rows:
+        for r in rows:  # runners/retrieval.RetrievalStage.candidates, without a ServedModel
             hist = indices[indptr[r] : indptr[r + 1]].astype(np.int64)
+            ratings = rated[indptr[r] : indptr[r + 1]].astype(np.float32)
             vec = weights.user_vectors([hist])
             user = user_features(vec, [hist], tables).astype(np.float32)
             _, found = index.search(vec, min(n_items, candidates + len(hist)))
             seen = np.zeros(n_items, dtype=bool)
             seen[hist] = True
-            ids = found[0][(found[0] >= 0) & ~seen[np.maximum(found[0], 0)]][:candidates].astype(np.int64)
-            if ids.size == 0:  # a user who has seen everything: nothing to rank, as in the service
+            top = found[0][(found[0] >= 0) & ~seen[np.maximum(found[0], 0)]][:candidates].astype(np.int64)
+            c = user_candidates(vec[0], weights.item_vectors, top, item_item, hist, ratings, seen, candidates)
+            if c.items.size == 0:  # a user who has seen everything: nothing to rank, as in the service
                 continue
-            raw.append((np.ascontiguousarray(ids), np.ascontiguousarray(user.reshape(1, dim))))
-        source = "retrieval: training users' feature rows, FAISS top-n unseen items"
+            raw.append(
+                (
+                    np.ascontiguousarray(c.items, dtype=np.int64),
+                    np.ascontiguousarray(user.reshape(1, dim)),
+                    np.ascontiguousarray(c.features, dtype=np.float32).reshape(-1),
+                )
+            )
+        source = "retrieval: training users' feature rows, their retrieval + item-item candidates"
     if not raw:
         for _ in range(size):
             ids = rng.integers(0, n_items, size=candidates, dtype=np.int64)
-            raw.append((ids, rng.standard_normal((1, dim)).astype(np.float32)))
-        source = "random: uniform ids, Gaussian user rows (no retrieval artifacts)"
-    counts = np.array([ids.size for ids, _ in raw], dtype=np.int64)
-    return RequestPool([_tensors(ids, user) for ids, user in raw], counts, raw, source)
+            user = rng.standard_normal((1, dim)).astype(np.float32)
+            raw.append((ids, user, rng.standard_normal(candidates * f).astype(np.float32)))
+        source = "random: uniform ids, Gaussian user rows and candidate features (no retrieval artifacts)"
+    counts = np.array([ids.size for ids, _, _ in raw], dtype=np.int64)
+    return RequestPool([_tensors(*r) for r in raw], counts, raw, source)
 
 
 # --- measurement ---------------------------------------------------------------------------------------
@@ -494,6 +520,7 @@ def ort_baseline(model_dir: Path, pool: RequestPool, seconds: float, repeats: in
                         "item_ids": ids,
                         "user_features": np.concatenate([c[1] for c in chunk]),
                         "candidate_ends": np.cumsum([c[0].size for c in chunk]).astype(np.int32),
+                        "candidate_features": np.concatenate([c[2] for c in chunk]),
                     }
                 )
             for feeds in feeds_list[:2]:
@@ -537,9 +564,15 @@ def ort_op_profile(
         for variant in PRECISIONS:
             session = ort_session(model_dir / f"ranker_{variant}.onnx", profile_prefix=f"{tmp}/{variant}")
             for i in range(warmup + runs):
-                ids, row = pool.raw[i % len(pool.raw)]
+                ids, row, feats = pool.raw[i % len(pool.raw)]
                 ends = np.array([ids.size], np.int32)
-                session.run(["scores"], {"item_ids": ids, "user_features": row, "candidate_ends": ends})
+                feeds = {
+                    "item_ids": ids,
+                    "user_features": row,
+                    "candidate_ends": ends,
+                    "candidate_features": feats,
+                }
+                session.run(["scores"], feeds)
             events = json.loads(Path(session.end_profiling()).read_text())
             starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
             assert len(starts) == warmup + runs, f"{len(starts)} model_run events"

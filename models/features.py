@@ -28,6 +28,10 @@ YEAR_CENTER, YEAR_SCALE = 1990.0, 20.0
 class FeatureSpec:
     retrieval_dim: int
     genres: tuple[str, ...]
+    candidate_features: tuple[str, ...] = ()  # models.candidates.feature_names: F per-candidate inputs
+    # the ranker sees u * v elementwise (else only their dot product): ties the ranker to the retrieval
+    # model's embedding space, so a refit retrieval model needs a retrained ranker
+    vector_product: bool = True
 
     @property
     def n_genres(self) -> int:

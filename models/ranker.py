@@ -5,6 +5,9 @@ Exported graph I/O (names fixed at export; FP16/INT8 variants keep float32 I/O):
     user_features   float32 [B, D]  one row per request (see models.features)
     candidate_ends  int32   [B]     cumulative candidate counts per request, e.g. [3, 8]
                                     (Triton's BATCH_ACCUMULATED_ELEMENT_COUNT convention)
+    candidate_features float32 [R*F] per-candidate features (models.candidates), flat, F per candidate in
+                                    item_ids order (flat so Triton's ragged batching can concatenate it;
+                                    F = len(FeatureSpec.candidate_features), reshaped in the graph)
     scores          float32 [R]     one score per candidate, same order as item_ids
 A candidate's score depends only on its own request's row, so a batched result equals the same
 request scored alone.
@@ -17,7 +20,7 @@ from torch import nn
 
 from models.features import FeatureSpec, ItemTables
 
-INPUT_NAMES = ["item_ids", "user_features", "candidate_ends"]
+INPUT_NAMES = ["item_ids", "user_features", "candidate_ends", "candidate_features"]
 OUTPUT_NAMES = ["scores"]
 
 
@@ -46,9 +49,8 @@ class Ranker(nn.Module):
         self.register_buffer("item_scalars", torch.from_numpy(tables.scalars))
         self.register_buffer("item_genres", torch.from_numpy(tables.genres))
         d, g = spec.retrieval_dim, spec.n_genres
-        n_in = (
-            d + 1 + 3 + g + g + 2 + 2
-        )  # u*v, dot, item scalars, item genres, user genres, affinity+|dy|, user scalars
+        # u*v, dot, item scalars, item genres, user genres, affinity+|dy|, user scalars, candidate features
+        n_in = (d if spec.vector_product else 0) + 1 + 3 + g + g + 2 + 2 + len(spec.candidate_features)
         # Fixed standardization of the features (set from training data by ``fit_normalizer``): keeps
         # every input on one scale, which INT8 activation quantization needs.
         self.register_buffer("feature_mean", torch.zeros(n_in))
@@ -57,8 +59,11 @@ class Ranker(nn.Module):
         self.cross = nn.ModuleList(CrossLayer(width) for _ in range(n_cross))
         self.deep = nn.Sequential(nn.Linear(width, width // 2), nn.ReLU(), nn.Linear(width // 2, 1))
 
-    def features(self, item_ids: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
-        """item_ids int64 [R], user_rows float32 [R, D] (each candidate's user row) -> [R, n_in]"""
+    def features(
+        self, item_ids: torch.Tensor, user_rows: torch.Tensor, candidate_features: torch.Tensor
+    ) -> torch.Tensor:
+        """item_ids int64 [R], user_rows float32 [R, D] (each candidate's user row), candidate_features
+        float32 [R, F] -> [R, n_in]"""
         d, g = self.spec.retrieval_dim, self.spec.n_genres
         u, ug, us = user_rows[:, :d], user_rows[:, d : d + g], user_rows[:, d + g :]
         v = self.item_vectors[item_ids]
@@ -68,24 +73,35 @@ class Ranker(nn.Module):
         dot = uv.sum(1, keepdim=True)
         affinity = (ug * ig).sum(1, keepdim=True) / ig.sum(1, keepdim=True).clamp(min=1.0)
         dyear = (isc[:, 1:2] - us[:, 1:2]).abs()
-        return torch.cat([uv, dot, isc, ig, ug, affinity, dyear, us], dim=1)
+        parts = [uv] if self.spec.vector_product else []
+        return torch.cat([*parts, dot, isc, ig, ug, affinity, dyear, us, candidate_features], dim=1)
 
     @torch.no_grad()
-    def fit_normalizer(self, item_ids: torch.Tensor, user_rows: torch.Tensor) -> None:
-        x = self.features(item_ids, user_rows)
+    def fit_normalizer(
+        self, item_ids: torch.Tensor, user_rows: torch.Tensor, candidate_features: torch.Tensor
+    ) -> None:
+        x = self.features(item_ids, user_rows, candidate_features)
         self.feature_mean.copy_(x.mean(0))
         self.feature_scale.copy_(1.0 / x.std(0).clamp(min=0.1))
 
-    def score_rows(self, item_ids: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
-        x0 = self.stem((self.features(item_ids, user_rows) - self.feature_mean) * self.feature_scale)
+    def score_rows(
+        self, item_ids: torch.Tensor, user_rows: torch.Tensor, candidate_features: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.features(item_ids, user_rows, candidate_features)
+        x0 = self.stem((x - self.feature_mean) * self.feature_scale)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
         return self.deep(x).squeeze(1)
 
     def forward(
-        self, item_ids: torch.Tensor, user_features: torch.Tensor, candidate_ends: torch.Tensor
+        self,
+        item_ids: torch.Tensor,
+        user_features: torch.Tensor,
+        candidate_ends: torch.Tensor,
+        candidate_features: torch.Tensor,
     ) -> torch.Tensor:
         positions = torch.arange(item_ids.shape[0], device=item_ids.device)
         rows = (positions.unsqueeze(1) >= candidate_ends.to(torch.int64).unsqueeze(0)).sum(1)
-        return self.score_rows(item_ids, user_features[rows])
+        per_candidate = candidate_features.reshape(-1, len(self.spec.candidate_features))
+        return self.score_rows(item_ids, user_features[rows], per_candidate)

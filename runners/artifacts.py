@@ -16,7 +16,9 @@ import bentoml
 import faiss
 import numpy as np
 
+from models.candidates import DEFAULT_RATING_WEIGHT, feature_names
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
+from models.item_item import ItemItem
 from models.user_encoder import RetrievalWeights
 from training import store
 
@@ -36,10 +38,14 @@ class ServedModel:
     primary_genre: list[str]  # "" where an item has no genre
     popularity: np.ndarray  # float32 [n_items], training interaction counts
     weights: RetrievalWeights
+    item_item: ItemItem
     index: faiss.Index
     spec: FeatureSpec
     tables: ItemTables
     train_histories: dict[str, np.ndarray]  # user id -> item indices
+    train_ratings: dict[str, np.ndarray]  # user id -> float32 rating weights, aligned with train_histories
+    candidates: int  # candidates per user the ranker was trained on
+    diversity_penalty: float  # models/diversity.py penalty chosen on validation
 
     @property
     def n_items(self) -> int:
@@ -69,8 +75,14 @@ def load(model: bentoml.Model) -> ServedModel:
     catalog: list[dict[str, Any]] = json.loads((path / "catalog.json").read_text())
     ranker = json.loads((path / "ranker.json").read_text())
     fs = ranker["feature_spec"]
-    spec = FeatureSpec(retrieval_dim=int(fs["retrieval_dim"]), genres=tuple(fs["genres"]))
+    spec = FeatureSpec(
+        retrieval_dim=int(fs["retrieval_dim"]),
+        genres=tuple(fs["genres"]),
+        candidate_features=tuple(fs.get("candidate_features", ())),
+        vector_product=bool(fs.get("vector_product", True)),
+    )
     weights = RetrievalWeights.load(str(path / "retrieval.npz"))
+    item_item = ItemItem.load(path / "item_item.npz")
     index = faiss.read_index(str(path / "items.faiss"))
     popularity = np.load(path / "popularity.npy").astype(np.float32)
     n = len(catalog)
@@ -81,12 +93,24 @@ def load(model: bentoml.Model) -> ServedModel:
         )
     if weights.dim != spec.retrieval_dim:
         raise ModelLoadError(f"{model.tag}: retrieval dim {weights.dim} != ranker's {spec.retrieval_dim}")
+    if item_item.n_items != n:
+        raise ModelLoadError(f"{model.tag}: item-item sources cover {item_item.n_items} items, catalog {n}")
+    if feature_names(item_item) != spec.candidate_features:
+        raise ModelLoadError(
+            f"{model.tag}: the ranker expects candidate features {list(spec.candidate_features)}, the "
+            f"item-item sources give {list(feature_names(item_item))}"
+        )
+    penalty = float(ranker.get("diversity_penalty", 0.0))
+    if not 0.0 <= penalty <= 100.0:  # NaN fails too
+        raise ModelLoadError(f"{model.tag}: diversity_penalty {penalty!r} outside [0, 100]")
     years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], dtype=np.float32)
     genres = genre_matrix([tuple(c["genres"]) for c in catalog], spec.genres)
     tables = item_tables(weights.item_vectors, popularity, years, genres)
     with np.load(path / "histories.npz") as h:
         indptr, indices, users = h["indptr"], h["indices"], h["user_ids"]
+        rated = h["weights"] if "weights" in h.files else np.full(indices.size, DEFAULT_RATING_WEIGHT)
     histories = {str(u): indices[indptr[r] : indptr[r + 1]].astype(np.int64) for r, u in enumerate(users)}
+    ratings = {str(u): rated[indptr[r] : indptr[r + 1]].astype(np.float32) for r, u in enumerate(users)}
     return ServedModel(
         tag=str(model.tag),
         path=path,
@@ -97,8 +121,12 @@ def load(model: bentoml.Model) -> ServedModel:
         primary_genre=[c["genres"][0] if c["genres"] else "" for c in catalog],
         popularity=popularity,
         weights=weights,
+        item_item=item_item,
         index=index,
         spec=spec,
         tables=tables,
         train_histories=histories,
+        train_ratings=ratings,
+        candidates=int(ranker.get("candidates", 200)),
+        diversity_penalty=penalty,
     )

@@ -83,15 +83,17 @@ async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton:
     if require_triton and ranking.mode == "embedded" and not await ranking.triton_ready(timeout_s=5.0):
         raise ModelLoadError(f"{model.tag}: tritonserver did not load its rankers")
     ids = np.unique(np.linspace(0, model.n_items - 1, 16).astype(np.int64))
-    row = np.random.default_rng(0).standard_normal(model.spec.user_dim).astype(np.float32)
+    rng = np.random.default_rng(0)
+    row = rng.standard_normal(model.spec.user_dim).astype(np.float32)
+    feats = rng.standard_normal((ids.size, len(model.spec.candidate_features))).astype(np.float32)
     for precision in ("int8", "fp16", "fp32"):
-        result = await ranking.rank(ids, row, precision)
+        result = await ranking.rank(ids, row, feats, precision)
         if result.scores is None or result.scores.shape != ids.shape or not np.isfinite(result.scores).all():
             raise ModelLoadError(f"{model.tag}: the {precision} ranker does not score ({result.fallback})")
         # A Triton answering with another version's rankers (an external one not re-rendered) would
         # score silently wrong: its FP32 scores must match this version's in-process ranker.
         if precision == "fp32" and result.fallback == "none":
-            diff = float(np.abs(result.scores - ranking.score_in_process("fp32", ids, row)).max())
+            diff = float(np.abs(result.scores - ranking.score_in_process("fp32", ids, row, feats)).max())
             if diff > 1e-2:
                 raise ModelLoadError(
                     f"{model.tag}: Triton at {ranking.state()['url']} serves other rankers (max score "

@@ -2,14 +2,17 @@
 
 Contract (graph: models/ranker.py; Triton models `ranker_{int8,fp16,fp32}`: runners/triton_model.py)::
 
-    rank(item_ids int [n], user_row float32 [D], precision) -> RankResult(scores float32 [n] | None, ...)
-    Triton request  item_ids int64 [1, n], user_features float32 [1, D] -> scores float32 [1, n]
-    ORT run         item_ids int64 [n], user_features float32 [1, D], candidate_ends int32 [1] = [n]
+    rank(item_ids int [n], user_row float32 [D], candidate_features float32 [n, F], precision)
+        -> RankResult(scores float32 [n] | None, ...)
+    Triton request  item_ids int64 [1, n], user_features float32 [1, D], candidate_features float32 [1, n*F]
+                    -> scores float32 [1, n]
+    ORT run         item_ids int64 [n], user_features float32 [1, D], candidate_ends int32 [1] = [n],
+                    candidate_features float32 [n*F]
 
 Order of attempts per call: Triton (when the circuit breaker allows; asyncio timeout `timeout_s`) ->
 ONNX Runtime in a worker thread (fallback "onnxruntime") -> RankResult(None, "popularity") and the
-caller orders by popularity. Bad input (unknown precision, ids out of [0, n_items), wrong row width)
-raises ValueError before any call, so it never trips the breaker.
+caller orders by popularity. Bad input (unknown precision, ids out of [0, n_items), wrong row width or
+candidate feature count) raises ValueError before any call, so it never trips the breaker.
 
 Triton: `triton_url` attaches to an external server ("external"); `triton_url=None, manage_triton=True`
 renders `work_dir/model_repository` (target "cpu") and runs the embedded tritonserver ("embedded"),
@@ -99,7 +102,8 @@ class CircuitBreaker:
 
 class RankingStage:
     """Scores candidates for one user. Tensors (graph contract, models/ranker.py): item_ids int64 [1, n],
-    user_features float32 [1, D] -> scores float32 [1, n] (see the module docstring)."""
+    user_features float32 [1, D], candidate_features float32 [1, n*F] -> scores float32 [1, n] (see the
+    module docstring)."""
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class RankingStage:
         self.restarts = 0
         meta = json.loads((self.model_dir / "ranker.json").read_text())
         self.user_feature_dim, self.n_items = int(meta["user_feature_dim"]), int(meta["n_items"])
+        self.candidate_feature_dim = int(meta["candidate_feature_dim"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         self._sessions = {
@@ -223,17 +228,23 @@ class RankingStage:
         return grpcaio.InferenceServerClient(url, channel_args=list(args.items()))
 
     async def rank(
-        self, item_ids: np.ndarray, user_row: np.ndarray, precision: str | None = None
+        self,
+        item_ids: np.ndarray,
+        user_row: np.ndarray,
+        candidate_features: np.ndarray,
+        precision: str | None = None,
     ) -> RankResult:
         variant = self._check_precision(precision or self.default_precision)
-        ids, user = self._check_inputs(item_ids, user_row)
+        ids, user, feats = self._check_inputs(item_ids, user_row, candidate_features)
         if ids.size == 0:
             return RankResult(np.zeros(0, dtype=np.float32), "none", variant)
         client = self._client
         if client is not None and self.breaker.allow():
             started = time.perf_counter()
             try:
-                scores = await asyncio.wait_for(self._infer(client, variant, ids, user), self.timeout_s)
+                scores = await asyncio.wait_for(
+                    self._infer(client, variant, ids, user, feats), self.timeout_s
+                )
             except Exception as exc:
                 opens = self.breaker.opens
                 self.breaker.record_failure()
@@ -248,7 +259,7 @@ class RankingStage:
                 self._event("triton_latency_s", time.perf_counter() - started)
                 return RankResult(scores, "none", variant)
         try:
-            scores = await asyncio.to_thread(self._score_ort, variant, ids, user)
+            scores = await asyncio.to_thread(self._score_ort, variant, ids, user, feats)
         except Exception:
             log.exception("ONNX Runtime fallback failed; ordering by popularity")
             self._event("fallback_popularity")
@@ -257,14 +268,21 @@ class RankingStage:
         return RankResult(scores, "onnxruntime", variant)
 
     async def _infer(
-        self, client: grpcaio.InferenceServerClient, variant: str, ids: np.ndarray, user: np.ndarray
+        self,
+        client: grpcaio.InferenceServerClient,
+        variant: str,
+        ids: np.ndarray,
+        user: np.ndarray,
+        feats: np.ndarray,
     ) -> np.ndarray:
         inputs = [
             grpcaio.InferInput("item_ids", [1, ids.size], "INT64"),
             grpcaio.InferInput("user_features", list(user.shape), "FP32"),
+            grpcaio.InferInput("candidate_features", [1, feats.size], "FP32"),
         ]
         inputs[0].set_data_from_numpy(ids.reshape(1, -1))
         inputs[1].set_data_from_numpy(user)
+        inputs[2].set_data_from_numpy(feats.reshape(1, -1))
         result = await client.infer(
             f"ranker_{variant}",
             inputs,
@@ -278,17 +296,27 @@ class RankingStage:
             )
         return scores.reshape(-1).astype(np.float32, copy=False)
 
-    def score_in_process(self, precision: str, item_ids: np.ndarray, user_row: np.ndarray) -> np.ndarray:
+    def score_in_process(
+        self, precision: str, item_ids: np.ndarray, user_row: np.ndarray, candidate_features: np.ndarray
+    ) -> np.ndarray:
         """The in-process ONNX Runtime scores of this version's ranker (the reference Triton must match)."""
-        ids, user = self._check_inputs(item_ids, user_row)
-        return self._score_ort(self._check_precision(precision), ids, user)
+        ids, user, feats = self._check_inputs(item_ids, user_row, candidate_features)
+        return self._score_ort(self._check_precision(precision), ids, user, feats)
 
-    def _score_ort(self, variant: str, ids: np.ndarray, user: np.ndarray) -> np.ndarray:
-        feeds = {"item_ids": ids, "user_features": user, "candidate_ends": np.array([ids.size], np.int32)}
+    def _score_ort(self, variant: str, ids: np.ndarray, user: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        feeds = {
+            "item_ids": ids,
+            "user_features": user,
+            "candidate_ends": np.array([ids.size], np.int32),
+            "candidate_features": feats,
+        }
         (scores,) = self._sessions[variant].run(["scores"], feeds)
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
-    def _check_inputs(self, item_ids: np.ndarray, user_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_inputs(
+        self, item_ids: np.ndarray, user_row: np.ndarray, candidate_features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids int64 [n], user float32 [1, D], candidate features float32 [n*F] flat)"""
         ids = np.asarray(item_ids)
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"item_ids must be integers, got {ids.dtype}")
@@ -298,7 +326,13 @@ class RankingStage:
         user = np.ascontiguousarray(user_row, dtype=np.float32).reshape(1, -1)
         if user.shape[1] != self.user_feature_dim:
             raise ValueError(f"user_row must have {self.user_feature_dim} features, got {user.shape[1]}")
-        return ids, user
+        feats = np.ascontiguousarray(candidate_features, dtype=np.float32).reshape(-1)
+        if feats.size != ids.size * self.candidate_feature_dim:
+            raise ValueError(
+                f"candidate_features must hold {self.candidate_feature_dim} values per candidate "
+                f"({ids.size * self.candidate_feature_dim}), got {feats.size}"
+            )
+        return ids, user, feats
 
     @staticmethod
     def _check_precision(precision: str) -> str:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.candidates import rating_weight
+from models.diversity import diversify
 from runners import rules
 from runners.artifacts import ServedModel
 from runners.cache import ResultCache
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 # How much one event adds to trending; a rating under POSITIVE_RATING is not a positive interaction.
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 2.0}
 POSITIVE_RATING = 3.0
+# An event's weight in the history the item-item sources read (models.candidates.rating_weight scale,
+# 1..3: a 3-star rating weighs 1, a 5-star rating 3); "rate" events use their rating.
+HISTORY_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 2.0, "purchase": 3.0}
 
 
 class UnknownItem(LookupError):
@@ -71,6 +76,7 @@ class CachedResult:
 @dataclass(frozen=True)
 class UserState:
     history: np.ndarray  # int64 positives (training + feedback), oldest first, unique
+    ratings: np.ndarray  # float32 history weights (HISTORY_WEIGHTS; the highest when an item repeats)
     seen: np.ndarray  # int64 every item the user interacted with
     degraded: bool  # the state store was unreachable: training history only
 
@@ -112,18 +118,26 @@ class Recommender:
             except StateUnavailable:
                 STATE_ERRORS.labels(op="history").inc()
                 forgotten, events, degraded = False, [], True
-            train = np.empty(0, np.int64) if forgotten else self.model.train_histories.get(user_id)
-            positives: list[int] = [] if train is None else train.tolist()
-            seen = list(positives)
+            train = None if forgotten else self.model.train_histories.get(user_id)
+            weight: dict[int, float] = {}  # insertion order: oldest first
+            if train is not None:
+                weight = dict(zip(train.tolist(), self.model.train_ratings[user_id].tolist(), strict=True))
+            seen = list(weight)
             for e in events:
                 pos = self.model.position.get(e.item_id)
                 if pos is None:  # an item of another model version
                     continue
                 seen.append(pos)
-                if e.event != "rate" or e.value is None or e.value >= POSITIVE_RATING:
-                    positives.append(pos)
-            history = np.asarray(list(dict.fromkeys(positives)), dtype=np.int64)
-            return UserState(history, np.unique(np.asarray(seen, dtype=np.int64)), degraded)
+                if e.event == "rate":
+                    if e.value is not None and e.value < POSITIVE_RATING:
+                        continue
+                    w = rating_weight(e.value)
+                else:
+                    w = HISTORY_WEIGHTS[e.event]
+                weight[pos] = max(w, weight.get(pos, 0.0))
+            history = np.fromiter(weight, dtype=np.int64, count=len(weight))
+            ratings = np.fromiter(weight.values(), dtype=np.float32, count=len(weight))
+            return UserState(history, ratings, np.unique(np.asarray(seen, dtype=np.int64)), degraded)
 
     async def trending_scores(self) -> np.ndarray:
         """float32 [n_items]: training popularity decayed since training, plus decayed feedback."""
@@ -178,18 +192,24 @@ class Recommender:
         else:
             with timed("retrieval"):
                 cands = self.retrieval.candidates(
-                    user.history, self.settings.candidates, np.flatnonzero(excluded)
+                    user.history,
+                    user.ratings,
+                    self.settings.candidates or self.model.candidates,
+                    np.flatnonzero(excluded),
                 )
             with timed("ranking"):
                 BATCH_SIZE.observe(len(cands.items))
-                result = await self.ranking.rank(cands.items, cands.user_row, precision)
+                result = await self.ranking.rank(cands.items, cands.user_row, cands.features, precision)
             fallback = result.fallback
             FALLBACKS.labels(fallback=fallback).inc()
             ranked_scores = result.scores if result.scores is not None else self.model.popularity[cands.items]
             order = np.argsort(-ranked_scores, kind="stable")
             ranked, ranked_scores = cands.items[order], ranked_scores[order]
         with timed("rules"):
-            top = rules.diversify(ranked, self.model.primary_genre, req.k, self.settings.max_per_genre)
+            penalty = self.settings.diversity_penalty
+            if penalty is None:
+                penalty = self.model.diversity_penalty
+            top = diversify(ranked, self.model.primary_genre, req.k, penalty, self.settings.max_per_genre)
             score_of = dict(zip(ranked.tolist(), ranked_scores.tolist(), strict=True))
             why = rules.reasons(self.model, top, user.history, not cold, req.genres)
             items = [self.item(i, score_of[i], r) for i, r in zip(top.tolist(), why, strict=True)]

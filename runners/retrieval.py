@@ -1,8 +1,9 @@
-"""Retrieval stage: a user's vector from their history, then FAISS top-N candidates.
+"""Retrieval stage: a user's vector from their history, FAISS top-N, merged with the item-item sources.
 
-The user encoder (models/retrieval.py) is a function of the history alone, so fresh feedback changes
-the vector at once. Vectors are L2-normalized; the index is inner product (exact or ANN, chosen at
-training time by catalog size).
+The user encoder (models/retrieval.py) and the item-item sources (models/item_item.py) are functions
+of the history alone, so fresh feedback changes the candidates at once. Vectors are L2-normalized; the
+index is inner product (exact or ANN, chosen at training time by catalog size). Merging and the
+per-candidate ranker features are models/candidates.py, the code training evaluates.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.candidates import user_candidates
 from models.features import user_features
 from runners.artifacts import ServedModel
 
 
 @dataclass(frozen=True)
 class Candidates:
-    items: np.ndarray  # int64 [n] internal item indices, best first
-    scores: np.ndarray  # float32 [n] cosine similarity to the user vector
+    items: np.ndarray  # int64 [n] internal item indices, merged order
+    features: np.ndarray  # float32 [n, F] per-candidate ranker features (models.candidates)
     user_row: np.ndarray  # float32 [user_dim] the ranker's user feature row
 
 
@@ -30,18 +32,23 @@ class RetrievalStage:
         """float32 [dim] for a history of internal item indices."""
         return self.model.weights.user_vectors([history])[0]
 
-    def candidates(self, history: np.ndarray, n: int, exclude: np.ndarray | None = None) -> Candidates:
-        """Top-``n`` items for the user, skipping ``exclude`` (internal indices)."""
+    def candidates(
+        self, history: np.ndarray, ratings: np.ndarray, n: int, exclude: np.ndarray | None = None
+    ) -> Candidates:
+        """``n`` candidates for the user, skipping ``exclude`` (internal indices); ``ratings``: the
+        history's rating weights (models.candidates.rating_weight)."""
         vec = self.user_vector(history)
         row = user_features(vec[None, :], [history], self.model.tables)[0]
         drop = np.zeros(self.model.n_items, dtype=bool)
         if exclude is not None and len(exclude):
             drop[exclude] = True
         want = min(self.model.n_items, n + int(drop.sum()))
-        scores, ids = self.model.index.search(vec[None, :], want)
+        _, ids = self.model.index.search(vec[None, :], want)
         keep = (ids[0] >= 0) & ~drop[np.maximum(ids[0], 0)]
-        items, sims = ids[0][keep][:n].astype(np.int64), scores[0][keep][:n].astype(np.float32)
-        return Candidates(items, sims, row)
+        top = ids[0][keep][:n].astype(np.int64)
+        m = self.model
+        c = user_candidates(vec, m.weights.item_vectors, top, m.item_item, history, ratings, drop, n)
+        return Candidates(c.items, c.features, row)
 
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest items to ``item`` (itself excluded): (indices, cosine scores)."""

@@ -1,11 +1,11 @@
-"""Business rules after ranking: genre filter, diversity, cold-start blending and per-item reasons.
+"""Business rules after ranking: genre filter, cold-start blending and per-item reasons (diversity:
+models/diversity.py, shared with training's evaluation).
 
 All functions work on internal item indices (numpy int64) and are pure, so they are unit-tested alone.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,27 +19,6 @@ def genre_mask(model: ServedModel, wanted: Sequence[str] | None) -> np.ndarray |
         return None
     want = {g.casefold() for g in wanted}
     return np.array([any(g.casefold() in want for g in c["genres"]) for c in model.catalog], dtype=bool)
-
-
-def diversify(items: np.ndarray, primary: Sequence[str], k: int, max_per_genre: int) -> np.ndarray:
-    """The first ``k`` of ``items`` (best first) with at most ``max_per_genre`` per primary genre.
-
-    When the candidates can't fill ``k`` under the cap, the best skipped items fill the rest.
-    """
-    chosen: list[int] = []
-    skipped: list[int] = []
-    counts: Counter[str] = Counter()
-    for i in items.tolist():
-        g = primary[i]
-        if g and counts[g] >= max_per_genre:
-            skipped.append(i)
-            continue
-        counts[g] += 1
-        chosen.append(i)
-        if len(chosen) == k:
-            break
-    chosen += skipped[: k - len(chosen)]
-    return np.asarray(chosen, dtype=np.int64)
 
 
 def genre_preference(model: ServedModel, history: np.ndarray, hint: Sequence[str] | None) -> np.ndarray:

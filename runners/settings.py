@@ -46,9 +46,24 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="redis://...; unset: in-process state + local journal")
     state_dir: Path = Field(Path(".folio/state"), description="journal + embedded Triton work files")
     # recommendation behaviour
-    candidates: int = Field(500, ge=10, le=5000, description="retrieval top-N handed to the ranker")
+    candidates: int | None = Field(
+        None,
+        ge=10,
+        le=5000,
+        description="candidates handed to the ranker; unset: the count the served version was trained on "
+        "(its rank features assume it)",
+    )
     cold_start_threshold: int = Field(5, ge=0, le=1000)
-    max_per_genre: int = Field(3, ge=1, le=100, description="diversity cap per primary genre in a top-k")
+    max_per_genre: int = Field(
+        100, ge=1, le=100, description="hard cap on items per primary genre in a top-k (100: no cap)"
+    )
+    diversity_penalty: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="genre diversity, in ranks per item already shown from the same genre (0: off; "
+        "unset: the value the served version chose on validation; models/diversity.py)",
+    )
     trending_half_life_s: float = Field(86400.0, ge=60, le=365 * 86400)
     max_history: int = Field(500, ge=1, le=100_000)
     # feedback accepted: timestamps within [now - max_age, now + max_skew]; events per user (token bucket)

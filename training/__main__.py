@@ -17,6 +17,7 @@ from training.artifacts import version_run
 from training.experiment import RunResult, TrainConfig, run
 from training.fetch import DATASETS, default_data_dir, fetch
 from training.loaders import load_dataset
+from training.refit import refit_on_all
 from training.report import evaluate_seeds, write_report
 from training.triton_repo import TARGETS, render_triton
 
@@ -50,9 +51,14 @@ def _train(args: argparse.Namespace) -> RunResult:
     return run(load_dataset(args.dataset, args.data_dir), _config(args))
 
 
+def _train_and_refit(args: argparse.Namespace) -> RunResult:
+    """Select on validation, then refit on every interaction (training/refit.py): what main saves."""
+    return refit_on_all(_train(args), _config(args))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train one seed and keep the run (pickled) for ``export``."""
-    result = _train(args)
+    """Train one seed, refit it on every interaction, and keep the run (pickled) for ``export``."""
+    result = _train_and_refit(args)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     with open(args.run_dir / "run.pkl", "wb") as f:
         pickle.dump(result, f)
@@ -77,7 +83,7 @@ def cmd_main(args: argparse.Namespace) -> None:
     """The whole offline job: fetch, train, evaluate, export, version, promote, render Triton."""
     if args.dataset in DATASETS:
         fetch(args.dataset, args.data_dir)
-    tag = _version(_train(args))
+    tag = _version(_train_and_refit(args))
     render_triton(Path(store.promote(tag).path), args.out)
     print(f"promoted {tag}; Triton repository rendered in {args.out}")
 

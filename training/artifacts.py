@@ -17,7 +17,7 @@ from training.dataset import Catalog
 from training.experiment import RunResult
 from training.export import Parity, check_parity, export_all
 from training.index import build_index, index_report
-from training.protocol import user_item_matrix
+from training.protocol import user_item_matrix, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     ds = run.dataset
     run.weights.save(str(out / "retrieval.npz"))
+    run.item_item.save(out / "item_item.npz")
     queries = run.test_candidates.features[:, : run.spec.retrieval_dim]
     report = index_report(run.weights.item_vectors, queries)
     faiss.write_index(build_index(run.weights.item_vectors), str(out / "items.faiss"))
@@ -61,8 +62,10 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
                 "user_feature_dim": run.spec.user_dim,
                 "n_items": len(ds.catalog),
                 "candidates": run.test_candidates.items.shape[1],
+                "candidate_feature_dim": len(run.spec.candidate_features),
+                "diversity_penalty": run.diversity["penalty"],
                 "feature_spec": run.spec.to_json(),
-                "inputs": ["item_ids", "user_features", "candidate_ends"],
+                "inputs": ["item_ids", "user_features", "candidate_ends", "candidate_features"],
                 "outputs": ["scores"],
             },
             indent=1,
@@ -70,11 +73,14 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     )
     (out / "catalog.json").write_text(json.dumps(catalog_json(ds.catalog)))
     np.save(out / "popularity.npy", run.popularity.astype(np.float32))
-    hist = user_item_matrix(ds.interactions, np.arange(len(ds.interactions)), len(ds.catalog))
+    every = np.arange(len(ds.interactions))
+    hist = user_item_matrix(ds.interactions, every, len(ds.catalog))
+    rated = weight_matrix(ds.interactions, every, len(ds.catalog))
     np.savez(
         out / "histories.npz",
         indptr=hist.indptr,
         indices=hist.indices,
+        weights=rated.data.astype(np.float32),
         user_ids=np.asarray(ds.interactions.user_ids),
     )
     (out / "metrics.json").write_text(
@@ -85,6 +91,8 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
                 "tuned": run.tuned,
                 "parity": parity.to_json(),
                 "index": report,
+                "diversity": run.diversity,
+                "refit": run.refit,
             },
             indent=1,
         )
@@ -112,6 +120,7 @@ def version_run(run: RunResult, git_commit: str) -> bentoml.Model:
                 "parity": parity.to_json(),
                 "index": index,
                 "seconds": run.seconds,
+                "refit": run.refit or {},  # empty: the selection run itself was saved
                 "n_items": len(ds.catalog),
                 "n_users": ds.interactions.n_users,
             },

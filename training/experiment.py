@@ -10,19 +10,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
+from models.candidates import feature_names
+from models.diversity import DIVERSITY_NDCG_BUDGET, PENALTIES
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
+from models.item_item import ItemItem
 from models.ranker import Ranker
 from models.retrieval import RetrievalConfig, RetrievalWeights
 from training.baselines import EASE, ItemKNN, MostPop
 from training.dataset import Dataset
+from training.item_item import fit_item_item
 from training.metrics import evaluate_scores
 from training.pipeline import (
     Candidates,
     RankerConfig,
     evaluate_pipeline,
+    histories,
     retrieve,
     torch_rank_fn,
     train_ranker,
@@ -33,6 +39,7 @@ from training.train_retrieval import train_retrieval
 log = logging.getLogger(__name__)
 
 Metrics = dict[str, float]
+CURVE_METRICS = ("ndcg@10", "recall@10", "diversity@10", "coverage@10", "novelty@10")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,9 @@ class TrainConfig:
     ease_regs: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
     knn_ks: tuple[int, ...] = (50, 100, 200)
     baselines: bool = True
+    # item-item sources when the baselines are not tuned (cfg.baselines False)
+    default_ease_reg: float = 500.0
+    default_knn_k: int = 200
 
 
 @dataclass
@@ -57,6 +67,7 @@ class RunResult:
     weights: RetrievalWeights
     spec: FeatureSpec
     tables: ItemTables
+    item_item: ItemItem
     ranker: Ranker
     popularity: np.ndarray  # train interactions per item
     valid_candidates: Candidates  # every validation user, for export parity checks
@@ -64,7 +75,10 @@ class RunResult:
     test_candidates: Candidates
     test_fold: Fold
     ranker_train: Candidates  # calibration data for static INT8 quantization
+    diversity: dict[str, Any]  # chosen penalty and the accuracy/diversity curve (valid holdout and test)
+    choices: dict[str, float]  # item-item hyper-parameters chosen on validation (ease_reg, knn_k)
     seconds: dict[str, float] = field(default_factory=dict)
+    refit: dict[str, Any] | None = None  # training/refit.py: what was refitted on every interaction
 
 
 Baseline = MostPop | ItemKNN | EASE
@@ -133,26 +147,77 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
     seconds["retrieval"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    ease_reg = tuned.get("EASE", cfg.default_ease_reg)
+    knn_k = int(tuned.get("ItemKNN", cfg.default_knn_k))
+    item_item = fit_item_item(val.train, val.rated, ease_reg, knn_k)
+    seconds["item_item"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     vocab = tuple(ds.catalog.genre_vocab)
-    spec = FeatureSpec(retrieval_dim=weights.dim, genres=vocab)
+    spec = FeatureSpec(
+        retrieval_dim=weights.dim,
+        genres=vocab,
+        candidate_features=feature_names(item_item),
+        vector_product=cfg.ranker.vector_product,
+    )
     tables = item_tables(weights.item_vectors, pop, ds.catalog.years, genre_matrix(genres, vocab))
     n = cfg.ranker.candidates
-    val_c = retrieve(weights, tables, val.train, val.seen, val.users, n)
+    val_c = retrieve(weights, tables, item_item, val.rated, val.seen, val.users, n)
     ranker, valid_m["Folio (retrieve + rank)"], hold_users = train_ranker(
         spec, tables, val_c, val.target, val.seen, cfg.ranker, cfg.seed, genres, pop
     )
     hold = np.isin(val_c.users, hold_users)
-    holdout = Candidates(val_c.users[hold], val_c.items[hold], val_c.features[hold])
-    fit = Candidates(val_c.users[~hold], val_c.items[~hold], val_c.features[~hold])
-    valid_m["Folio retrieval (holdout)"] = evaluate_pipeline(None, holdout, val.seen, val.target, genres, pop)
+    holdout, fit = val_c.take(hold), val_c.take(~hold)
+    valid_m["Folio candidates (merged, unranked, holdout)"] = evaluate_pipeline(
+        None, holdout, val.seen, val.target, genres, pop
+    )
     seconds["ranker"] = time.perf_counter() - t
 
-    test_c = retrieve(weights, tables, test.train, test.seen, test.users, n)
-    test_m["Folio retrieval"] = evaluate_pipeline(None, test_c, test.seen, test.target, genres, pop)
+    test_c = retrieve(weights, tables, item_item, test.rated, test.seen, test.users, n)
+    test_m["Folio retrieval"] = evaluate_scores(
+        lambda ub: weights.user_vectors(histories(test.train, ub)) @ weights.item_vectors.T,
+        test.seen,
+        test.target,
+        test.users,
+        genres,
+        pop,
+    )
+    test_m["Folio candidates (merged, unranked)"] = evaluate_pipeline(
+        None, test_c, test.seen, test.target, genres, pop
+    )
     test_m["Folio (retrieve + rank)"] = evaluate_pipeline(
         torch_rank_fn(ranker), test_c, test.seen, test.target, genres, pop
     )
-    for name in ("Folio retrieval", "Folio (retrieve + rank)"):
+    rank = torch_rank_fn(ranker)
+    curve = {
+        p: (
+            evaluate_pipeline(rank, holdout, val.seen, val.target, genres, pop, diversity=p),
+            evaluate_pipeline(rank, test_c, test.seen, test.target, genres, pop, diversity=p),
+        )
+        for p in PENALTIES
+    }
+    off = curve[0.0][0]["ndcg@10"]
+    penalty = max(p for p in PENALTIES if curve[p][0]["ndcg@10"] >= off - DIVERSITY_NDCG_BUDGET)
+    diversity = {
+        "penalty": penalty,
+        "budget": DIVERSITY_NDCG_BUDGET,
+        "curve": [
+            {
+                "penalty": p,
+                "valid": {k: v[k] for k in CURVE_METRICS},
+                "test": {k: t[k] for k in CURVE_METRICS},
+            }
+            for p, (v, t) in curve.items()
+        ],
+    }
+    test_m["Folio (served defaults: diversity on)"] = curve[penalty][1]
+    log.info(
+        "diversity penalty %.1f (validation NDCG@10 %.4f vs %.4f off)",
+        penalty,
+        curve[penalty][0]["ndcg@10"],
+        off,
+    )
+    for name in ("Folio retrieval", "Folio candidates (merged, unranked)", "Folio (retrieve + rank)"):
         log.info(
             "%s test ndcg@10 %.4f recall@10 %.4f", name, test_m[name]["ndcg@10"], test_m[name]["recall@10"]
         )
@@ -165,6 +230,7 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
         weights=weights,
         spec=spec,
         tables=tables,
+        item_item=item_item,
         ranker=ranker,
         popularity=pop,
         valid_candidates=val_c,
@@ -172,5 +238,7 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
         test_candidates=test_c,
         test_fold=test,
         ranker_train=fit,
+        diversity=diversity,
+        choices={"ease_reg": ease_reg, "knn_k": float(knn_k)},
         seconds=seconds,
     )

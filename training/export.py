@@ -37,13 +37,14 @@ class ParityError(RuntimeError):
     """An exported variant strays from the FP32 reference beyond tolerance."""
 
 
-def ranker_inputs(items: np.ndarray, feats: np.ndarray) -> dict[str, np.ndarray]:
-    """Graph inputs for U requests of N candidates each: items [U, N], feats [U, D]."""
+def ranker_inputs(items: np.ndarray, feats: np.ndarray, cand_feats: np.ndarray) -> dict[str, np.ndarray]:
+    """Graph inputs for U requests of N candidates each: items [U, N], feats [U, D], cand_feats [U, N, F]."""
     u, n = items.shape
     return {
         "item_ids": items.reshape(-1).astype(np.int64),
         "user_features": feats.astype(np.float32),
         "candidate_ends": (np.arange(1, u + 1) * n).astype(np.int32),
+        "candidate_features": cand_feats.reshape(-1).astype(np.float32),
     }
 
 
@@ -55,14 +56,14 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def ort_rank_fn(sess: ort.InferenceSession) -> RankFn:
-    def rank(items: np.ndarray, feats: np.ndarray) -> np.ndarray:
-        return sess.run(OUTPUT_NAMES, ranker_inputs(items, feats))[0].reshape(items.shape)
+    def rank(items: np.ndarray, feats: np.ndarray, cand_feats: np.ndarray) -> np.ndarray:
+        return sess.run(OUTPUT_NAMES, ranker_inputs(items, feats, cand_feats))[0].reshape(items.shape)
 
     return rank
 
 
 def export_fp32(ranker: Ranker, path: Path, sample: Candidates) -> None:
-    inputs = ranker_inputs(sample.items[:2], sample.features[:2])
+    inputs = ranker_inputs(sample.items[:2], sample.features[:2], sample.cand_features[:2])
     args = tuple(torch.from_numpy(inputs[name]) for name in INPUT_NAMES)
     torch.onnx.export(
         ranker,
@@ -75,6 +76,7 @@ def export_fp32(ranker: Ranker, path: Path, sample: Candidates) -> None:
             "item_ids": {0: "candidates"},
             "user_features": {0: "requests"},
             "candidate_ends": {0: "requests"},
+            "candidate_features": {0: "candidate_values"},
             "scores": {0: "candidates"},
         },
         dynamo=False,
@@ -94,9 +96,9 @@ class _Calibration(CalibrationDataReader):
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         n = min(self.max_users, self.cands.users.size)
         for start in range(0, n, self.step):
-            yield ranker_inputs(
-                self.cands.items[start : start + self.step], self.cands.features[start : start + self.step]
-            )
+            rows = slice(start, start + self.step)
+            c = self.cands
+            yield ranker_inputs(c.items[rows], c.features[rows], c.cand_features[rows])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if not hasattr(self, "_it"):
@@ -150,7 +152,7 @@ class Parity:
 
 
 def _top10(rank: RankFn, cands: Candidates, users: int = 512) -> np.ndarray:
-    s = rank(cands.items[:users], cands.features[:users])
+    s = rank(cands.items[:users], cands.features[:users], cands.cand_features[:users])
     return np.take_along_axis(cands.items[:users], np.argsort(-s, axis=1, kind="stable")[:, :10], axis=1)
 
 
@@ -163,9 +165,10 @@ def _batch_consistency(sess: ort.InferenceSession, cands: Candidates) -> float:
         per = -(-rows // n_req)
         items = cands.items[:n_req, :per]
         feats = cands.features[:n_req]
-        together = rank(items, feats)
+        cf = cands.cand_features[:n_req, :per]
+        together = rank(items, feats, cf)
         for r in range(n_req):
-            alone = rank(items[r : r + 1], feats[r : r + 1])[0]
+            alone = rank(items[r : r + 1], feats[r : r + 1], cf[r : r + 1])[0]
             worst = max(worst, float(np.abs(alone - together[r]).max()))
     return worst
 
@@ -174,7 +177,8 @@ def throughput(sess: ort.InferenceSession, cands: Candidates, n: int = 1000, sec
     """Ranked candidates per second, one request of ``n`` candidates per call."""
     reps = -(-n // cands.items.shape[1])
     items = np.concatenate([cands.items[:1]] * reps, axis=1)[:, :n]
-    feed = ranker_inputs(items, cands.features[:1])
+    cf = np.concatenate([cands.cand_features[:1]] * reps, axis=1)[:, :n]
+    feed = ranker_inputs(items, cands.features[:1], cf)
     sess.run(OUTPUT_NAMES, feed)
     calls, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

@@ -17,15 +17,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from models.candidates import feature_names, user_candidates
+from models.diversity import diversify
 from models.features import FeatureSpec, ItemTables, user_features
+from models.item_item import ItemItem
 from models.ranker import Ranker
 from models.retrieval import RetrievalWeights
 from training.metrics import evaluate_scores, top_k
 
 log = logging.getLogger(__name__)
 
-# (item_ids [U, N] int64, user_features [U, D] float32) -> scores [U, N] float32
-RankFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (item_ids [U, N] int64, user_features [U, D] float32, candidate_features [U, N, F] float32)
+#   -> scores [U, N] float32
+RankFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class RankerConfig:
     weight_decay: float = 1e-4
     holdout_share: float = 0.2
     patience: int = 4
+    vector_product: bool = True  # models.features.FeatureSpec.vector_product
 
 
 def histories(x: sp.csr_matrix, users: np.ndarray) -> list[np.ndarray]:
@@ -48,33 +53,61 @@ def histories(x: sp.csr_matrix, users: np.ndarray) -> list[np.ndarray]:
 @dataclass(frozen=True)
 class Candidates:
     users: np.ndarray  # [U]
-    items: np.ndarray  # int64 [U, N], best retrieval score first
+    items: np.ndarray  # int64 [U, N], merged order of models.candidates
     features: np.ndarray  # float32 [U, D]
+    cand_features: np.ndarray  # float32 [U, N, F]
+
+    def take(self, rows: np.ndarray) -> Candidates:
+        return Candidates(self.users[rows], self.items[rows], self.features[rows], self.cand_features[rows])
 
 
 def retrieve(
     weights: RetrievalWeights,
     tables: ItemTables,
+    item_item: ItemItem | None,
     history: sp.csr_matrix,
     seen: sp.csr_matrix,
     users: np.ndarray,
     n: int,
 ) -> Candidates:
-    """Exact inner-product top-N outside ``seen`` (the FAISS index returns the same set)."""
+    """Each user's candidates and features through models.candidates, the code serving runs. The
+    retrieval top list is the exact inner-product top-N outside ``seen`` (the FAISS index returns the
+    same list); ``history`` holds rating weights (models.candidates.rating_weight) as its values."""
     hist = histories(history, users)
     vecs = weights.user_vectors(hist)
     scores = vecs @ weights.item_vectors.T
     s = seen[users]
     scores[np.repeat(np.arange(users.size), np.diff(s.indptr)), s.indices] = -np.inf
-    return Candidates(users, top_k(scores, n).astype(np.int64), user_features(vecs, hist, tables))
+    tops = top_k(scores, n).astype(np.int64)
+    n_items = weights.item_vectors.shape[0]
+    items = np.zeros((users.size, min(n, n_items)), np.int64)
+    cand_rows = []
+    for r, u in enumerate(users):
+        excluded = np.zeros(n_items, bool)
+        excluded[s.indices[s.indptr[r] : s.indptr[r + 1]]] = True
+        top = tops[r][np.isfinite(scores[r, tops[r]])]
+        ratings = history.data[history.indptr[u] : history.indptr[u + 1]]
+        c = user_candidates(vecs[r], weights.item_vectors, top, item_item, hist[r], ratings, excluded, n)
+        c_items, c_feats = c.items, c.features
+        if 0 < c.items.size < items.shape[1]:  # a user who has seen nearly everything: repeat the last
+            pad = items.shape[1] - c.items.size
+            c_items = np.concatenate([c.items, np.repeat(c.items[-1:], pad)])
+            c_feats = np.concatenate([c.features, np.repeat(c.features[-1:], pad, axis=0)])
+        elif c.items.size == 0:  # nothing left to recommend: a placeholder row nobody is scored on
+            c_items = np.zeros(items.shape[1], np.int64)
+            c_feats = np.zeros((items.shape[1], len(feature_names(item_item))), np.float32)
+        items[r] = c_items
+        cand_rows.append(c_feats)
+    return Candidates(users, items, user_features(vecs, hist, tables), np.stack(cand_rows))
 
 
 def torch_rank_fn(model: Ranker) -> RankFn:
-    def rank(items: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    def rank(items: np.ndarray, feats: np.ndarray, cand_feats: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             ids = torch.from_numpy(items.reshape(-1))
             rows = torch.from_numpy(np.repeat(feats, items.shape[1], axis=0))
-            return model.score_rows(ids, rows).numpy().reshape(items.shape)
+            cf = torch.from_numpy(cand_feats.reshape(ids.shape[0], -1))
+            return model.score_rows(ids, rows, cf).numpy().reshape(items.shape)
 
     return rank
 
@@ -87,10 +120,13 @@ def evaluate_pipeline(
     item_genres: list[tuple[str, ...]],
     item_pop: np.ndarray,
     batch: int = 512,
+    diversity: float = 0.0,
 ) -> dict[str, float]:
-    """Metrics of retrieve -> rank -> top-k (``rank=None``: retrieval order alone)."""
+    """Metrics of retrieve -> rank -> top-k (``rank=None``: candidate order alone), the top-10 diversified
+    by models.diversity with penalty ``diversity`` over each item's first genre."""
     pos = {int(u): i for i, u in enumerate(cands.users)}
     n_items = target.shape[1]
+    primary = [g[0] if g else "" for g in item_genres]
 
     def score(ub: np.ndarray) -> np.ndarray:
         rows = np.array([pos[int(u)] for u in ub])
@@ -98,7 +134,9 @@ def evaluate_pipeline(
         if rank is None:
             ranked = -np.arange(items.shape[1], dtype=np.float32)[None, :].repeat(len(rows), 0)
         else:
-            ranked = rank(items, cands.features[rows])
+            ranked = rank(items, cands.features[rows], cands.cand_features[rows])
+        if diversity > 0:
+            ranked = _diversified(items, ranked, primary, diversity)
         out = np.full((len(rows), n_items), -np.inf, dtype=np.float32)
         np.put_along_axis(out, items, ranked, axis=1)
         return out
@@ -107,12 +145,26 @@ def evaluate_pipeline(
     return evaluate_scores(score, seen, target, users, item_genres, item_pop, batch=batch)
 
 
+def _diversified(items: np.ndarray, scores: np.ndarray, primary: list[str], penalty: float) -> np.ndarray:
+    """Scores [U, N] whose order puts each row's diversified top-10 first, then the rest by score."""
+    out = np.full_like(scores, -np.inf)
+    for r in range(items.shape[0]):
+        order = np.argsort(-scores[r], kind="stable")
+        top = diversify(items[r][order], primary, 10, penalty, cap=10)
+        pos = {int(i): j for j, i in enumerate(top.tolist())}
+        rest = [j for j in order.tolist() if int(items[r][j]) not in pos]
+        final = [int(np.flatnonzero(items[r] == i)[0]) for i in top.tolist()] + rest
+        out[r, final] = -np.arange(len(final), dtype=np.float32)
+    return out
+
+
 def listwise_loss(model: Ranker, cands: Candidates, labels: np.ndarray, users: np.ndarray) -> torch.Tensor:
     """Softmax cross-entropy of each user's candidate list against its positives (labels [U, N] 0/1)."""
     n = cands.items.shape[1]
     ids = torch.from_numpy(cands.items[users].reshape(-1))
     rows = torch.from_numpy(np.repeat(cands.features[users], n, axis=0))
-    logits = model.score_rows(ids, rows).view(len(users), n)
+    cf = torch.from_numpy(cands.cand_features[users].reshape(ids.shape[0], -1))
+    logits = model.score_rows(ids, rows, cf).view(len(users), n)
     y = torch.from_numpy(labels[users])
     return -((torch.log_softmax(logits, 1) * y).sum(1) / y.sum(1)).mean()
 
@@ -142,12 +194,13 @@ def train_ranker(
     hold, fit = np.sort(order[:n_hold]), order[n_hold:]
     fit = fit[labels[fit].sum(1) > 0]  # users without a positive among candidates teach nothing listwise
     n = cands.items.shape[1]
-    hold_c = Candidates(cands.users[hold], cands.items[hold], cands.features[hold])
+    hold_c = cands.take(hold)
     model = Ranker(spec, tables, cfg.width, cfg.n_cross)
     sample = fit[: min(fit.size, 256)]
     model.fit_normalizer(
         torch.from_numpy(cands.items[sample].reshape(-1)),
         torch.from_numpy(np.repeat(cands.features[sample], n, axis=0)),
+        torch.from_numpy(cands.cand_features[sample].reshape(sample.size * n, -1)),
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best: tuple[float, dict[str, float], dict[str, torch.Tensor] | None] = (-1.0, {}, None)

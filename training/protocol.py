@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from models.candidates import rating_weight
 from training.dataset import Dataset, Interactions
 
 log = logging.getLogger(__name__)
@@ -141,13 +142,32 @@ def user_item_matrix(inter: Interactions, rows: np.ndarray, n_items: int) -> sp.
     return m
 
 
+def weight_matrix(inter: Interactions, rows: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """users x items CSR of the rows' rating weights (models.candidates.rating_weight; at most 3)."""
+    weights = np.array([rating_weight(float(r)) for r in inter.ratings[rows]], dtype=np.float32)
+    m = sp.csr_matrix((weights, (inter.users[rows], inter.items[rows])), shape=(inter.n_users, n_items))
+    np.minimum(m.data, 3.0, out=m.data)  # duplicates sum: cap them
+    return m
+
+
 @dataclass(frozen=True)
 class Fold:
-    """Matrices of one split: ``train`` feeds models, ``seen`` is masked, ``target`` is held out."""
+    """Matrices of one split: ``train`` feeds models, ``seen`` is masked, ``target`` is held out;
+    ``weights`` is ``train`` with rating weights as values (None: every interaction weighs the same)."""
 
     train: sp.csr_matrix
     seen: sp.csr_matrix
     target: sp.csr_matrix
+    weights: sp.csr_matrix | None = None
+
+    @property
+    def rated(self) -> sp.csr_matrix:
+        """``weights``, or ``train`` with the default weight when no ratings are known."""
+        if self.weights is not None:
+            return self.weights
+        out = self.train.astype(np.float32, copy=True)
+        out.data[:] = rating_weight(None)
+        return out
 
     @property
     def users(self) -> np.ndarray:
@@ -163,4 +183,5 @@ def folds(dataset: Dataset, s: Split) -> tuple[Fold, Fold]:
     train = user_item_matrix(inter, s.train, n)
     valid = user_item_matrix(inter, s.valid, n)
     test = user_item_matrix(inter, s.test, n)
-    return Fold(train, train, valid), Fold(train, (train + valid).tocsr(), test)
+    weights = weight_matrix(inter, s.train, n)
+    return Fold(train, train, valid, weights), Fold(train, (train + valid).tocsr(), test, weights)

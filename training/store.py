@@ -19,6 +19,7 @@ MODEL_NAME = "folio"
 # Every file a stored version must hold for serving.
 ARTIFACTS = (
     "retrieval.npz",
+    "item_item.npz",
     "items.faiss",
     "ranker_fp32.onnx",
     "ranker_fp16.onnx",

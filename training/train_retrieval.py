@@ -43,6 +43,50 @@ def user_scores(model: RetrievalModel, history: sp.csr_matrix) -> np.ndarray:
         return model.logits(model.encode(_to_torch(_normalized(history)))).numpy()
 
 
+def _epoch(
+    model: RetrievalModel,
+    opt: torch.optim.Optimizer,
+    train: sp.csr_matrix,
+    users: np.ndarray,
+    cfg: RetrievalConfig,
+    rng: np.random.Generator,
+) -> float:
+    """One pass over ``users`` (shuffled in place); returns the last batch's loss."""
+    n_items = train.shape[1]
+    model.train()
+    rng.shuffle(users)
+    loss = torch.zeros(())
+    for start in range(0, users.size, cfg.batch_size):
+        batch = train[users[start : start + cfg.batch_size]]
+        inp = _to_torch(_drop(_normalized(batch), cfg.dropout, rng))
+        u = model.encode(inp)
+        if cfg.sampled_negatives and cfg.sampled_negatives < n_items:
+            cols = np.union1d(batch.indices, rng.integers(0, n_items, cfg.sampled_negatives))
+            logits = model.logits(u, torch.from_numpy(cols))
+            target = torch.from_numpy(batch[:, cols].toarray())
+        else:
+            logits = model.logits(u)
+            target = torch.from_numpy(batch.toarray())
+        loss = -(torch.log_softmax(logits, 1) * target).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.item())
+
+
+def fit_retrieval(train: sp.csr_matrix, cfg: RetrievalConfig, seed: int, epochs: int) -> RetrievalWeights:
+    """A fixed number of epochs on ``train`` (epochs chosen on validation by ``train_retrieval``)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = RetrievalModel(train.shape[1], cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    users = np.flatnonzero(np.diff(train.indptr) > 0)
+    for _ in range(epochs):
+        _epoch(model, opt, train, users, cfg, rng)
+    model.eval()
+    return RetrievalWeights.from_model(model)
+
+
 def train_retrieval(
     fold: Fold,
     cfg: RetrievalConfig,
@@ -51,35 +95,19 @@ def train_retrieval(
     eval_every: int = 5,
     patience: int = 4,
 ) -> tuple[RetrievalWeights, dict[str, float]]:
-    """Fit on ``fold.train``; keep the epoch with the best NDCG@10 on ``fold.target``."""
+    """Fit on ``fold.train``; keep the epoch with the best NDCG@10 on ``fold.target`` (its number is
+    ``metrics["epoch"]``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train = fold.train
-    n_items = train.shape[1]
-    model = RetrievalModel(n_items, cfg)
+    model = RetrievalModel(train.shape[1], cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     users = np.flatnonzero(np.diff(train.indptr) > 0)
     pop = np.asarray(train.sum(0)).ravel()
     best: tuple[float, dict[str, float], RetrievalWeights | None] = (-1.0, {}, None)
     bad, t0 = 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        rng.shuffle(users)
-        for start in range(0, users.size, cfg.batch_size):
-            batch = train[users[start : start + cfg.batch_size]]
-            inp = _to_torch(_drop(_normalized(batch), cfg.dropout, rng))
-            u = model.encode(inp)
-            if cfg.sampled_negatives and cfg.sampled_negatives < n_items:
-                cols = np.union1d(batch.indices, rng.integers(0, n_items, cfg.sampled_negatives))
-                logits = model.logits(u, torch.from_numpy(cols))
-                target = torch.from_numpy(batch[:, cols].toarray())
-            else:
-                logits = model.logits(u)
-                target = torch.from_numpy(batch.toarray())
-            loss = -(torch.log_softmax(logits, 1) * target).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        loss = _epoch(model, opt, train, users, cfg, rng)
         if epoch % eval_every and epoch != cfg.epochs:
             continue
         model.eval()
@@ -90,12 +118,12 @@ def train_retrieval(
         log.info(
             "retrieval epoch %d loss %.3f valid ndcg@10 %.4f (%.0fs)",
             epoch,
-            loss.item(),
+            loss,
             score,
             time.perf_counter() - t0,
         )
         if score > best[0]:
-            best, bad = (score, metrics, RetrievalWeights.from_model(model)), 0
+            best, bad = (score, metrics | {"epoch": float(epoch)}, RetrievalWeights.from_model(model)), 0
         else:
             bad += 1
             if bad >= patience:

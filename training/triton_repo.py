@@ -1,9 +1,10 @@
 """Render the Triton model repository for the ranker variants from a stored model directory.
 
 Input (`model_dir`, written by the ONNX export): `ranker_fp32.onnx`, `ranker_fp16.onnx`,
-`ranker_int8.onnx` and `ranker.json` ({"user_feature_dim": D, "n_items": N, ...}). Every variant has
-the same float32 I/O: item_ids int64 [R], user_features float32 [B, D], candidate_ends int32 [B]
-(cumulative candidate counts) -> scores float32 [R].
+`ranker_int8.onnx` and `ranker.json` ({"user_feature_dim": D, "n_items": N, "candidate_feature_dim": F,
+...}). Every variant has the same float32 I/O (models/ranker.py): item_ids int64 [R], user_features
+float32 [B, D], candidate_ends int32 [B] (cumulative candidate counts), candidate_features float32
+[R*F] (flat, F per candidate in item_ids order) -> scores float32 [R].
 
 Output (`out`, usually `model_repository/`)::
 
@@ -17,16 +18,19 @@ Output (`out`, usually `model_repository/`)::
 Targets:
 
 * "cpu": Python backend + ONNX Runtime CPU (`runners/triton_model.py`), runnable with the
-  tritonserver from the nvidia-pytriton wheel. The backend gets the raw requests, so `item_ids` is a
-  ragged input (`allow_ragged_batch`) and model.py computes candidate_ends itself.
+  tritonserver from the nvidia-pytriton wheel. The backend gets the raw requests, so `item_ids` and
+  `candidate_features` are ragged inputs (`allow_ragged_batch`); model.py checks each request
+  (`candidate_feature_dim`, rendered into the parameters, gives F), concatenates them and computes
+  candidate_ends itself.
 * "gpu": the NGC Triton image's ONNX Runtime backend (`platform: "onnxruntime_onnx"`). Triton itself
-  concatenates the ragged `item_ids`, feeds `candidate_ends` as a batch input
-  (BATCH_ACCUMULATED_ELEMENT_COUNT, TYPE_INT32 is allowed), and scatters the flat `scores` back per
-  request with a batch output (BATCH_SCATTER_WITH_INPUT_SHAPE). TensorRT runs the graph at the
-  variant's precision; see README.md written next to the configs for the caveats.
+  concatenates the ragged `item_ids` and `candidate_features` (the ORT backend needs ragged inputs
+  1-D, hence the flat [R*F]), feeds `candidate_ends` as a batch input
+  (BATCH_ACCUMULATED_ELEMENT_COUNT over item_ids, TYPE_INT32 is allowed), and scatters the flat
+  `scores` back per request with a batch output (BATCH_SCATTER_WITH_INPUT_SHAPE). TensorRT runs the
+  graph at the variant's precision; see README.md written next to the configs for the caveats.
 
-Clients send one request per user: item_ids [1, n] int64 and user_features [1, D] float32, and get
-scores [1, n] float32, identical for both targets.
+Clients send one request per user: item_ids [1, n] int64, user_features [1, D] float32 and
+candidate_features [1, n*F] float32, and get scores [1, n] float32, identical for both targets.
 """
 
 from __future__ import annotations
@@ -45,8 +49,9 @@ _TRT_PRECISION = {"int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
 
 @dataclass(frozen=True)
 class RankerMeta:
-    user_feature_dim: int
+    user_feature_dim: int  # D
     n_items: int
+    candidate_feature_dim: int  # F, floats per candidate in `candidate_features`
 
     @classmethod
     def load(cls, model_dir: Path) -> RankerMeta:
@@ -60,7 +65,19 @@ class RankerMeta:
             raise ValueError(f"{path} must hold integer user_feature_dim and n_items: {exc}") from exc
         if dim <= 0 or n_items <= 0:
             raise ValueError(f"{path}: user_feature_dim and n_items must be positive, got {dim}, {n_items}")
-        return cls(user_feature_dim=dim, n_items=n_items)
+        f = meta.get("candidate_feature_dim")
+        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+            raise ValueError(
+                f"{path}: candidate_feature_dim must be an integer >= 1 (floats per candidate in the "
+                f"ranker's candidate_features input), got {f!r}; a version exported before that input "
+                "existed has none: re-export it"
+            )
+        names = (meta.get("feature_spec") or {}).get("candidate_features")
+        if names is not None and len(names) != f:
+            raise ValueError(
+                f"{path}: candidate_feature_dim {f} but feature_spec.candidate_features lists {len(names)}"
+            )
+        return cls(user_feature_dim=dim, n_items=n_items, candidate_feature_dim=f)
 
 
 def model_name(variant: str) -> str:
@@ -83,6 +100,12 @@ def _io_section(meta: RankerMeta) -> str:
     name: "user_features"
     data_type: TYPE_FP32
     dims: [ {meta.user_feature_dim} ]
+  }},
+  {{
+    name: "candidate_features"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+    allow_ragged_batch: true
   }}
 ]"""
 
@@ -167,6 +190,7 @@ def render_config(
             _instance_group("KIND_CPU", instances),
             _parameters(
                 {
+                    "candidate_feature_dim": str(meta.candidate_feature_dim),
                     "intra_op_num_threads": str(intra_op_threads),
                     "max_candidates_per_run": str(max_candidates_per_run),
                     "n_items": str(meta.n_items),
@@ -178,7 +202,14 @@ def render_config(
     else:
         header += 'platform: "onnxruntime_onnx"\n'
         header += f"max_batch_size: {max_batch_size}"
-        d, b, r = meta.user_feature_dim, max_batch_size, max_batch_size * max_candidates
+        d, f, b = meta.user_feature_dim, meta.candidate_feature_dim, max_batch_size
+
+        def profile(requests: int, candidates: int) -> str:
+            return (
+                f"item_ids:{candidates},user_features:{requests}x{d},candidate_ends:{requests},"
+                f"candidate_features:{candidates * f}"
+            )
+
         opt_b = max(1, b // 2)
         trt = [
             ("precision_mode", _TRT_PRECISION[variant]),
@@ -187,12 +218,9 @@ def render_config(
             ("trt_engine_cache_path", f"{trt_cache_dir}/{name}"),
             # One optimization profile over the whole dynamic range, so ragged batches of any size
             # reuse one engine instead of rebuilding when R grows past what was seen.
-            ("trt_profile_min_shapes", f"item_ids:1,user_features:1x{d},candidate_ends:1"),
-            (
-                "trt_profile_opt_shapes",
-                f"item_ids:{opt_b * max_candidates},user_features:{opt_b}x{d},candidate_ends:{opt_b}",
-            ),
-            ("trt_profile_max_shapes", f"item_ids:{r},user_features:{b}x{d},candidate_ends:{b}"),
+            ("trt_profile_min_shapes", profile(1, 1)),
+            ("trt_profile_opt_shapes", profile(opt_b, opt_b * max_candidates)),
+            ("trt_profile_max_shapes", profile(b, b * max_candidates)),
         ]
         trt_params = "\n".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in trt)
         sections = [
@@ -309,38 +337,51 @@ model_repository/
 
 Request contract (one request per user, same for both targets):
 
-| tensor          | dtype | shape  |                                              |
-|-----------------|-------|--------|----------------------------------------------|
-| `item_ids`      | INT64 | [1, n] | candidate item indices, n may differ per request |
-| `user_features` | FP32  | [1, D] | the user's feature row                        |
-| `scores` (out)  | FP32  | [1, n] | one score per candidate, in item_ids order    |
+| tensor               | dtype | shape    |                                                   |
+|----------------------|-------|----------|---------------------------------------------------|
+| `item_ids`           | INT64 | [1, n]   | candidate item indices, n may differ per request  |
+| `user_features`      | FP32  | [1, D]   | the user's feature row                            |
+| `candidate_features` | FP32  | [1, n*F] | F floats per candidate, flat, in item_ids order   |
+| `scores` (out)       | FP32  | [1, n]   | one score per candidate, in item_ids order        |
+
+D is `ranker.json["user_feature_dim"]`, F is `ranker.json["candidate_feature_dim"]` (the names in
+`feature_spec.candidate_features`, models/candidates.py). `candidate_features` is flat because
+Triton's ragged batching concatenates along the one dimension (the ONNX Runtime backend requires
+ragged inputs to be 1-D); the graph reshapes it to [R, F].
 
 ## target "cpu" (this repository as rendered by default)
 
 `backend: "python"`: `1/model.py` (a copy of `runners/triton_model.py`) runs `1/model.onnx` with
-ONNX Runtime's CPU provider (`intra_op_num_threads` parameter, default 1). `item_ids` has
-`allow_ragged_batch: true`, so the dynamic batcher merges requests with different candidate counts
-into one `execute()`, which concatenates them into runs of at most `max_candidates_per_run`
-candidates (default 1024; the CPU cost per candidate grows with larger runs), computes
-`candidate_ends` and runs the graph once per run.
+ONNX Runtime's CPU provider (`intra_op_num_threads` parameter, default 1). `item_ids` and
+`candidate_features` have `allow_ragged_batch: true`, so the dynamic batcher merges requests with
+different candidate counts into one `execute()`. It checks each request (ids in [0, `n_items`),
+`candidate_features` of shape [1, n*F] with F the `candidate_feature_dim` parameter, finite values;
+a bad request gets its own INVALID_ARG error, the others are served), concatenates them into runs of
+at most `max_candidates_per_run` candidates (default 1024; the CPU cost per candidate grows with
+larger runs), computes `candidate_ends` and runs the graph once per run.
 Served by the tritonserver binary of the `nvidia-pytriton` wheel through `runners/triton.py`.
 
 ## target "gpu" (NGC `nvcr.io/nvidia/tritonserver:<yy.mm>-py3` image)
 
 `platform: "onnxruntime_onnx"`, `KIND_GPU`. Triton's ONNX Runtime backend concatenates the ragged
-`item_ids` into [R], feeds `candidate_ends` through
+`item_ids` into [R] and `candidate_features` into [R*F], feeds `candidate_ends` through
 `batch_input { kind: BATCH_ACCUMULATED_ELEMENT_COUNT data_type: TYPE_INT32 }` (shape [B]) and
 scatters the flat [R] `scores` back per request with
 `batch_output { kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "item_ids" }`.
 `optimization.execution_accelerators.gpu_execution_accelerator` asks for the TensorRT execution
 provider at the variant's precision (FP32 / FP16 / INT8), with an engine cache and one optimization
-profile covering 1..max_batch_size requests and up to max_batch_size * max_candidates ids.
+profile covering 1..max_batch_size requests and up to max_batch_size * max_candidates ids (times F
+candidate feature values).
 
 Caveats (not runnable on the CPU dev machines, so unverified here):
 * INT8 under TensorRT needs either a Q/DQ (QuantizeLinear/DequantizeLinear, static) ONNX model or an
   INT8 calibration table (`int8_calibration_table_name`). A dynamically quantized ONNX model
   (`MatMulInteger`/`DynamicQuantizeLinear`, the usual CPU int8 export) is not TensorRT-compatible:
   those nodes fall back to the CUDA provider or fail; export a Q/DQ variant for GPUs.
+* Nothing checks a request's `candidate_features` size on this target (there is no model.py): Triton
+  concatenates the ragged inputs as they come, so a request with other than n*F values fails the whole
+  batch in the graph's reshape, or, when the batch total still divides, shifts its neighbours'
+  features. Clients must send exactly n*F (runners/ranking.py does).
 * The FP16 variant can equally be the fp32 ONNX with `precision_mode: FP16`; TensorRT does the cast.
 * The first load builds the TensorRT engines (seconds to minutes); keep `trt_engine_cache_path` on a
   persistent volume.

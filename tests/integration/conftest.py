@@ -3,10 +3,11 @@
 `ranker_model_dir` is the real ranker trained on the synthetic catalog (tests/conftest.py), exported
 to ONNX FP32/FP16/INT8 with `ranker.json`. The graph contract (models/ranker.py):
 
-    inputs   item_ids        int64   [R]   candidate ids of all requests in the batch, concatenated
-             user_features   float32 [B,D] one row per request
-             candidate_ends  int32   [B]   cumulative candidate counts (BATCH_ACCUMULATED_ELEMENT_COUNT)
-    output   scores          float32 [R]
+    inputs   item_ids            int64   [R]    candidate ids of all requests in the batch, concatenated
+             user_features       float32 [B,D]  one row per request
+             candidate_ends      int32   [B]    cumulative candidate counts (BATCH_ACCUMULATED_ELEMENT_COUNT)
+             candidate_features  float32 [R*F]  F per candidate, flat, in item_ids order
+    output   scores              float32 [R]
 """
 
 from __future__ import annotations

@@ -49,10 +49,12 @@ def group_gone(pgid: int) -> bool:
 def test_embedded_triton_scores_match_onnxruntime(
     ranker_model_dir: Path, ranker_meta: dict, rng: np.random.Generator, tmp_path: Path
 ) -> None:
+    f = ranker_meta["candidate_feature_dim"]
     work = [
         (
             rng.integers(0, ranker_meta["n_items"], size=n),
             rng.standard_normal(ranker_meta["user_feature_dim"]),
+            rng.standard_normal((n, f)).astype(np.float32),
         )
         for n in (1, 17, 500)
     ]
@@ -64,9 +66,9 @@ def test_embedded_triton_scores_match_onnxruntime(
         try:
             state, ready = stage.state(), await stage.triton_ready()
             results = [
-                (p, k, await stage.rank(ids, user, p))
+                (p, k, await stage.rank(ids, user, feats, p))
                 for p in PRECISIONS
-                for k, (ids, user) in enumerate(work)
+                for k, (ids, user, feats) in enumerate(work)
             ]
             return results, state, ready
         finally:
@@ -76,12 +78,12 @@ def test_embedded_triton_scores_match_onnxruntime(
     assert state["mode"] == "embedded" and state["alive"] is True and state["breaker"] == "closed"
     assert isinstance(state["pid"], int) and ready
     for precision, k, result in results:
-        ids, user = work[k]
+        ids, user, feats = work[k]
         assert result.fallback == "none" and result.precision == precision, (precision, k, result.fallback)
         scores = result.scores
         assert scores is not None and scores.dtype == np.float32 and scores.shape == (ids.size,)
         np.testing.assert_allclose(
-            scores, reference(ranker_model_dir, precision, ids, user), rtol=1e-5, atol=1e-5
+            scores, reference(ranker_model_dir, precision, ids, user, feats), rtol=1e-5, atol=1e-5
         )
     assert process_gone(state["pid"]) and group_gone(state["pid"])  # close() stopped server and stubs
 
@@ -91,7 +93,8 @@ def test_killed_triton_falls_back_then_watchdog_restores_it(
 ) -> None:
     ids = rng.integers(0, ranker_meta["n_items"], size=200)
     user = rng.standard_normal(ranker_meta["user_feature_dim"]).astype(np.float32)
-    expected = reference(ranker_model_dir, "int8", ids, user)
+    feats = rng.standard_normal((ids.size, ranker_meta["candidate_feature_dim"])).astype(np.float32)
+    expected = reference(ranker_model_dir, "int8", ids, user, feats)
 
     async def main() -> dict:
         stage = RankingStage(
@@ -104,7 +107,7 @@ def test_killed_triton_falls_back_then_watchdog_restores_it(
         )
         await stage.start()
         try:
-            assert (await stage.rank(ids, user)).fallback == "none"  # warm
+            assert (await stage.rank(ids, user, feats)).fallback == "none"  # warm
             old_pid = stage.state()["pid"]
             assert isinstance(old_pid, int)
             os.kill(old_pid, signal.SIGKILL)
@@ -114,7 +117,7 @@ def test_killed_triton_falls_back_then_watchdog_restores_it(
             seen: list[str] = []
             deadline = time.monotonic() + RECOVERY_S
             while time.monotonic() < deadline:
-                result = await stage.rank(ids, user)  # never raises while Triton is down
+                result = await stage.rank(ids, user, feats)  # never raises while Triton is down
                 seen.append(result.fallback)
                 assert result.fallback in ("none", "onnxruntime"), result
                 np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-5)  # type: ignore[arg-type]

@@ -30,24 +30,34 @@ VARIANTS = ("int8", "fp16", "fp32")
 TIMEOUT_S = 30.0  # per gRPC call: a dead or wedged server fails the test instead of hanging it
 
 
-def make_inputs(item_ids: np.ndarray, user_row: np.ndarray) -> list[grpcclient.InferInput]:
+def make_inputs(
+    item_ids: np.ndarray, user_row: np.ndarray, cand_feats: np.ndarray
+) -> list[grpcclient.InferInput]:
+    """The service's request: item_ids [1, n], user_features [1, D], candidate_features [1, n*F]."""
     ids = np.ascontiguousarray(item_ids, dtype=np.int64).reshape(1, -1)
     user = np.ascontiguousarray(user_row, dtype=np.float32).reshape(1, -1)
+    feats = np.ascontiguousarray(cand_feats, dtype=np.float32).reshape(1, -1)
     inputs = [
         grpcclient.InferInput("item_ids", list(ids.shape), "INT64"),
         grpcclient.InferInput("user_features", list(user.shape), "FP32"),
+        grpcclient.InferInput("candidate_features", list(feats.shape), "FP32"),
     ]
     inputs[0].set_data_from_numpy(ids)
     inputs[1].set_data_from_numpy(user)
+    inputs[2].set_data_from_numpy(feats)
     return inputs
 
 
 def infer(
-    client: grpcclient.InferenceServerClient, model: str, item_ids: np.ndarray, user_row: np.ndarray
+    client: grpcclient.InferenceServerClient,
+    model: str,
+    item_ids: np.ndarray,
+    user_row: np.ndarray,
+    cand_feats: np.ndarray,
 ) -> np.ndarray:
     result = client.infer(
         model,
-        make_inputs(item_ids, user_row),
+        make_inputs(item_ids, user_row, cand_feats),
         outputs=[grpcclient.InferRequestedOutput("scores")],
         client_timeout=TIMEOUT_S,
     )
@@ -67,11 +77,14 @@ def sessions(ranker_model_dir: Path) -> dict[str, ort.InferenceSession]:
     }
 
 
-def score_alone(session: ort.InferenceSession, item_ids: np.ndarray, user_row: np.ndarray) -> np.ndarray:
+def score_alone(
+    session: ort.InferenceSession, item_ids: np.ndarray, user_row: np.ndarray, cand_feats: np.ndarray
+) -> np.ndarray:
     feeds = {
         "item_ids": np.asarray(item_ids, dtype=np.int64).reshape(-1),
         "user_features": np.asarray(user_row, dtype=np.float32).reshape(1, -1),
         "candidate_ends": np.array([np.size(item_ids)], dtype=np.int32),
+        "candidate_features": np.asarray(cand_feats, dtype=np.float32).reshape(-1),
     }
     return session.run(["scores"], feeds)[0]
 
@@ -82,11 +95,15 @@ def client(live_server: TritonServer) -> Iterator[grpcclient.InferenceServerClie
         yield c
 
 
-def request_maker(meta: dict, rng: np.random.Generator) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+Request = tuple[np.ndarray, np.ndarray, np.ndarray]  # item ids [n], user row [D], candidate features [n*F]
+
+
+def request_maker(meta: dict, rng: np.random.Generator) -> Callable[[int], Request]:
+    def make(n: int) -> Request:
         ids = rng.integers(0, meta["n_items"], size=n, dtype=np.int64)
         user = rng.standard_normal(meta["user_feature_dim"]).astype(np.float32)
-        return ids, user
+        feats = rng.standard_normal(n * meta["candidate_feature_dim"]).astype(np.float32)
+        return ids, user, feats
 
     return make
 
@@ -131,10 +148,15 @@ def test_scores_match_in_process_onnxruntime(
 ) -> None:
     make = request_maker(ranker_meta, rng)
     for n in (1, 2, 17, 500):
-        ids, user = make(n)
-        got = infer(client, f"ranker_{variant}", ids, user)
+        request = make(n)
+        got = infer(client, f"ranker_{variant}", *request)
         assert got.shape == (1, n) and got.dtype == np.float32
-        np.testing.assert_allclose(got[0], score_alone(sessions[variant], ids, user), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[0], score_alone(sessions[variant], *request), rtol=1e-5, atol=1e-5)
+    # The candidate features reach the graph: other features, other scores.
+    ids, user, feats = make(50)
+    got = infer(client, f"ranker_{variant}", ids, user, feats)
+    other = infer(client, f"ranker_{variant}", ids, user, feats + 1.0)
+    assert np.abs(got - other).max() > 1e-3
 
 
 def test_concurrent_ragged_requests_are_merged_and_split_back(
@@ -167,10 +189,10 @@ def test_concurrent_ragged_requests_are_merged_and_split_back(
 
             with ThreadPoolExecutor(n_threads) as pool:
                 results = list(pool.map(call, range(n_threads), timeout=2 * TIMEOUT_S))
-            for (ids, user), got in zip(batch, results, strict=True):
-                assert got.shape == (1, len(ids))
+            for request, got in zip(batch, results, strict=True):
+                assert got.shape == (1, len(request[0]))
                 np.testing.assert_allclose(
-                    got[0], score_alone(sessions["fp32"], ids, user), rtol=1e-5, atol=1e-5
+                    got[0], score_alone(sessions["fp32"], *request), rtol=1e-5, atol=1e-5
                 )
     finally:
         for c in clients:
@@ -185,18 +207,29 @@ def test_concurrent_ragged_requests_are_merged_and_split_back(
     )
 
 
+@pytest.mark.parametrize("defect", ["id_out_of_range", "candidate_features_size"])
 def test_malformed_request_fails_alone(
     live_server: TritonServer,
     sessions: dict[str, ort.InferenceSession],
     ranker_meta: dict,
     rng: np.random.Generator,
+    defect: str,
 ) -> None:
-    """An out-of-range id gets INVALID_ARGUMENT; requests batched with it are still served."""
+    """An out-of-range id, or candidate_features of other than n*F values, gets INVALID_ARGUMENT;
+    requests batched with it are still served."""
     model, n_threads = "ranker_fp32", 8
     make = request_maker(ranker_meta, rng)
     work = [make(10 + k) for k in range(n_threads)]
     bad = 3
-    work[bad] = (np.array([0, ranker_meta["n_items"]], dtype=np.int64), work[bad][1])
+    f = ranker_meta["candidate_feature_dim"]
+    if defect == "id_out_of_range":
+        ids = np.array([0, ranker_meta["n_items"]], dtype=np.int64)
+        work[bad] = (ids, work[bad][1], np.zeros(2 * f, np.float32))
+        expected = "item_ids must lie in"
+    else:  # one candidate's features short: (n - 1) * F + (F - 1) values for n ids
+        ids, user, feats = work[bad]
+        work[bad] = (ids, user, feats[:-1])
+        expected = "candidate_features must have shape [1, n*F]"
     barrier = threading.Barrier(n_threads, timeout=TIMEOUT_S)
     clients = [grpcclient.InferenceServerClient(live_server.grpc_url) for _ in range(n_threads)]
 
@@ -213,20 +246,36 @@ def test_malformed_request_fails_alone(
     finally:
         for c in clients:
             c.close()
-    for k, ((ids, user), got) in enumerate(zip(work, results, strict=True)):
+    for k, (request, got) in enumerate(zip(work, results, strict=True)):
         if k == bad:
             assert isinstance(got, InferenceServerException)
-            assert "INVALID_ARGUMENT" in str(got.status()) and "item_ids must lie in" in got.message()
+            assert "INVALID_ARGUMENT" in str(got.status()) and expected in got.message(), got.message()
         else:
             assert isinstance(got, np.ndarray), got
-            np.testing.assert_allclose(got[0], score_alone(sessions["fp32"], ids, user), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got[0], score_alone(sessions["fp32"], *request), rtol=1e-5, atol=1e-5)
 
 
 def test_wrong_feature_width_is_rejected(client: grpcclient.InferenceServerClient, ranker_meta: dict) -> None:
     ids = np.array([1, 2, 3], dtype=np.int64)
     user = np.zeros(ranker_meta["user_feature_dim"] + 1, dtype=np.float32)
+    feats = np.zeros(3 * ranker_meta["candidate_feature_dim"], dtype=np.float32)
     with pytest.raises(InferenceServerException, match="user_features"):
-        infer(client, "ranker_int8", ids, user)
+        infer(client, "ranker_int8", ids, user, feats)
+
+
+def test_missing_candidate_features_is_rejected(
+    client: grpcclient.InferenceServerClient, ranker_meta: dict
+) -> None:
+    ids = np.array([[1, 2, 3]], dtype=np.int64)
+    user = np.zeros((1, ranker_meta["user_feature_dim"]), dtype=np.float32)
+    inputs = [
+        grpcclient.InferInput("item_ids", list(ids.shape), "INT64"),
+        grpcclient.InferInput("user_features", list(user.shape), "FP32"),
+    ]
+    inputs[0].set_data_from_numpy(ids)
+    inputs[1].set_data_from_numpy(user)
+    with pytest.raises(InferenceServerException, match="candidate_features"):
+        client.infer("ranker_int8", inputs, client_timeout=TIMEOUT_S)
 
 
 def test_aio_client(
@@ -242,20 +291,20 @@ def test_aio_client(
         async with grpcaio.InferenceServerClient(live_server.grpc_url) as aclient:
             assert await aclient.is_server_ready()
 
-            async def one(ids: np.ndarray, user: np.ndarray) -> np.ndarray:
+            async def one(ids: np.ndarray, user: np.ndarray, feats: np.ndarray) -> np.ndarray:
                 result = await aclient.infer(
                     "ranker_int8",
-                    make_inputs(ids, user),
+                    make_inputs(ids, user, feats),
                     outputs=[grpcaio.InferRequestedOutput("scores")],
                     client_timeout=TIMEOUT_S,
                 )
                 return result.as_numpy("scores")
 
-            return await asyncio.gather(*(one(ids, user) for ids, user in work))
+            return await asyncio.gather(*(one(*request) for request in work))
 
     results = asyncio.run(asyncio.wait_for(main(), timeout=2 * TIMEOUT_S))
-    for (ids, user), got in zip(work, results, strict=True):
-        np.testing.assert_allclose(got[0], score_alone(sessions["int8"], ids, user), rtol=1e-5, atol=1e-5)
+    for request, got in zip(work, results, strict=True):
+        np.testing.assert_allclose(got[0], score_alone(sessions["int8"], *request), rtol=1e-5, atol=1e-5)
 
 
 def test_startup_failure_fails_fast_with_log(ranker_model_dir: Path, tmp_path: Path) -> None:
@@ -292,9 +341,9 @@ def test_crash_is_detected_and_restart_recovers(
         assert not server.is_alive()
         server.restart()
         assert server.is_alive() and server.grpc_url == url  # same ports after restart
-        ids, user = request_maker(ranker_meta, rng)(4)
+        request = request_maker(ranker_meta, rng)(4)
         with grpcclient.InferenceServerClient(server.grpc_url) as c:
-            assert infer(c, "ranker_int8", ids, user).shape == (1, 4)
+            assert infer(c, "ranker_int8", *request).shape == (1, 4)
     assert not server.is_alive()
 
 

@@ -36,7 +36,9 @@ def run(make: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(make(), TEST_TIMEOUT_S))
 
 
-def reference(model_dir: Path, precision: str, ids: np.ndarray, user: np.ndarray) -> np.ndarray:
+def reference(
+    model_dir: Path, precision: str, ids: np.ndarray, user: np.ndarray, feats: np.ndarray
+) -> np.ndarray:
     session = ort.InferenceSession(
         str(model_dir / f"ranker_{precision}.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -44,16 +46,22 @@ def reference(model_dir: Path, precision: str, ids: np.ndarray, user: np.ndarray
         "item_ids": ids.astype(np.int64),
         "user_features": user.reshape(1, -1).astype(np.float32),
         "candidate_ends": np.array([ids.size], dtype=np.int32),
+        "candidate_features": feats.reshape(-1).astype(np.float32),
     }
     return session.run(["scores"], feeds)[0]
 
 
+Request = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 @pytest.fixture()
-def request_data(artifacts_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def request_data(artifacts_dir: Path) -> Request:
+    """(item ids [40], user row [D], candidate features [40, F])"""
     meta = json.loads((artifacts_dir / "ranker.json").read_text())
     rng = np.random.default_rng(7)
     ids = rng.integers(0, meta["n_items"], size=40, dtype=np.int64)
-    return ids, rng.standard_normal(meta["user_feature_dim"]).astype(np.float32)
+    feats = rng.standard_normal((40, meta["candidate_feature_dim"])).astype(np.float32)
+    return ids, rng.standard_normal(meta["user_feature_dim"]).astype(np.float32), feats
 
 
 # ---------------------------------------------------------------------------- circuit breaker
@@ -124,10 +132,8 @@ def test_breaker_ignores_failures_of_calls_in_flight_when_it_opened() -> None:
 
 
 # ---------------------------------------------------------------------------- ranking stage, no Triton
-def test_unreachable_triton_falls_back_to_onnxruntime(
-    artifacts_dir: Path, request_data: tuple[np.ndarray, np.ndarray]
-) -> None:
-    ids, user = request_data
+def test_unreachable_triton_falls_back_to_onnxruntime(artifacts_dir: Path, request_data: Request) -> None:
+    ids, user, feats = request_data
     events: list[tuple[str, float]] = []
 
     async def main() -> tuple[list[RankResult], RankingStage, bool]:
@@ -141,7 +147,7 @@ def test_unreachable_triton_falls_back_to_onnxruntime(
         )
         await stage.start()
         try:
-            results = [await stage.rank(ids, user, p) for p in (*PRECISIONS, "int8", "int8")]
+            results = [await stage.rank(ids, user, feats, p) for p in (*PRECISIONS, "int8", "int8")]
             return results, stage, await stage.ready()
         finally:
             await stage.close()
@@ -153,7 +159,9 @@ def test_unreachable_triton_falls_back_to_onnxruntime(
         assert (
             result.scores is not None and result.scores.dtype == np.float32 and result.scores.shape == (40,)
         )
-        np.testing.assert_allclose(result.scores, reference(artifacts_dir, precision, ids, user), rtol=1e-6)
+        np.testing.assert_allclose(
+            result.scores, reference(artifacts_dir, precision, ids, user, feats), rtol=1e-6
+        )
     # two failures opened the breaker: the remaining calls went straight to ONNX Runtime
     assert stage.counters["triton_error"] == 2 and stage.counters["breaker_open"] == 1
     assert stage.counters["fallback_onnxruntime"] == 5
@@ -163,11 +171,9 @@ def test_unreachable_triton_falls_back_to_onnxruntime(
     assert state["pid"] is None and state["restarts"] == 0
 
 
-def test_silent_triton_times_out_within_timeout_s(
-    artifacts_dir: Path, request_data: tuple[np.ndarray, np.ndarray]
-) -> None:
+def test_silent_triton_times_out_within_timeout_s(artifacts_dir: Path, request_data: Request) -> None:
     """A socket that accepts connections but never speaks gRPC: the call is abandoned after timeout_s."""
-    ids, user = request_data
+    ids, user, feats = request_data
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -178,7 +184,7 @@ def test_silent_triton_times_out_within_timeout_s(
             await stage.start()
             try:
                 started = time.monotonic()
-                result = await stage.rank(ids, user)
+                result = await stage.rank(ids, user, feats)
                 return result, time.monotonic() - started, stage
             finally:
                 await stage.close()
@@ -189,10 +195,8 @@ def test_silent_triton_times_out_within_timeout_s(
     assert stage.counters["triton_error"] == 1
 
 
-def test_onnxruntime_failure_falls_back_to_popularity(
-    artifacts_dir: Path, request_data: tuple[np.ndarray, np.ndarray]
-) -> None:
-    ids, user = request_data
+def test_onnxruntime_failure_falls_back_to_popularity(artifacts_dir: Path, request_data: Request) -> None:
+    ids, user, feats = request_data
 
     class Broken:
         def run(self, *args: object) -> None:
@@ -203,7 +207,7 @@ def test_onnxruntime_failure_falls_back_to_popularity(
         stage._sessions["fp16"] = Broken()
         await stage.start()
         try:
-            return await stage.rank(ids, user), await stage.rank(ids, user, "fp32"), stage
+            return await stage.rank(ids, user, feats), await stage.rank(ids, user, feats, "fp32"), stage
         finally:
             await stage.close()
 
@@ -215,9 +219,9 @@ def test_onnxruntime_failure_falls_back_to_popularity(
 
 
 def test_bad_input_raises_value_error_without_calling_anything(
-    artifacts_dir: Path, request_data: tuple[np.ndarray, np.ndarray]
+    artifacts_dir: Path, request_data: Request
 ) -> None:
-    ids, user = request_data
+    ids, user, feats = request_data
     with pytest.raises(ValueError, match="precision"):
         RankingStage(artifacts_dir, triton_url=None, manage_triton=False, default_precision="bf16")
 
@@ -226,15 +230,17 @@ def test_bad_input_raises_value_error_without_calling_anything(
         await stage.start()
         try:
             with pytest.raises(ValueError, match="precision must be one of"):
-                await stage.rank(ids, user, "int4")
+                await stage.rank(ids, user, feats, "int4")
             with pytest.raises(ValueError, match="item_ids must lie in"):
-                await stage.rank(np.array([0, stage.n_items]), user)
+                await stage.rank(np.array([0, stage.n_items]), user, feats[:2])
             with pytest.raises(ValueError, match="item_ids must lie in"):
-                await stage.rank(np.array([-1]), user)
+                await stage.rank(np.array([-1]), user, feats[:1])
             with pytest.raises(ValueError, match="integers"):
-                await stage.rank(np.array([0.5, 1.0]), user)
+                await stage.rank(np.array([0.5, 1.0]), user, feats[:2])
             with pytest.raises(ValueError, match="features"):
-                await stage.rank(ids, np.zeros(user.size + 1, dtype=np.float32))
+                await stage.rank(ids, np.zeros(user.size + 1, dtype=np.float32), feats)
+            with pytest.raises(ValueError, match="values per candidate"):
+                await stage.rank(ids, user, feats[:-1])
             return stage
         finally:
             await stage.close()
@@ -244,16 +250,14 @@ def test_bad_input_raises_value_error_without_calling_anything(
     assert stage.breaker.state == "closed"
 
 
-def test_empty_candidates_need_no_call(
-    artifacts_dir: Path, request_data: tuple[np.ndarray, np.ndarray]
-) -> None:
-    _, user = request_data
+def test_empty_candidates_need_no_call(artifacts_dir: Path, request_data: Request) -> None:
+    _, user, feats = request_data
 
     async def main() -> tuple[RankResult, RankingStage]:
         stage = RankingStage(artifacts_dir, triton_url=f"127.0.0.1:{free_port()}", manage_triton=False)
         await stage.start()
         try:
-            return await stage.rank(np.array([], dtype=np.int64), user, "fp32"), stage
+            return await stage.rank(np.array([], dtype=np.int64), user, feats[:0], "fp32"), stage
         finally:
             await stage.close()
 

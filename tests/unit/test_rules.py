@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from models.diversity import diversify
 from runners import artifacts, rules
 from runners.cache import TTLCache
 from runners.retrieval import RetrievalStage
@@ -19,10 +20,20 @@ def model(model_tag: str) -> artifacts.ServedModel:
 def test_diversify_caps_each_genre_and_fills_when_it_must() -> None:
     primary = ["a", "a", "a", "a", "b", "b", "c", ""]
     items = np.arange(8)
-    assert rules.diversify(items, primary, 5, 2).tolist() == [0, 1, 4, 5, 6]
-    assert rules.diversify(items, primary, 6, 2).tolist() == [0, 1, 4, 5, 6, 7]  # no genre: no cap
+    assert diversify(items, primary, 5, 0.0, 2).tolist() == [0, 1, 4, 5, 6]
+    assert diversify(items, primary, 6, 0.0, 2).tolist() == [0, 1, 4, 5, 6, 7]  # no genre: no cap
     # only genre "a" available: the cap can't hold, the best skipped items fill the list
-    assert rules.diversify(np.arange(4), primary, 3, 1).tolist() == [0, 1, 2]
+    assert diversify(np.arange(4), primary, 3, 0.0, 1).tolist() == [0, 1, 2]
+
+
+def test_diversity_penalty_reads_in_ranks() -> None:
+    primary = ["a", "a", "a", "b", "b", ""]
+    items = np.arange(6)
+    assert diversify(items, primary, 6, 0.0, 10).tolist() == [0, 1, 2, 3, 4, 5]  # off: unchanged
+    # penalty 2: the second "a" (rank 1 + 2) ties the first "b" (rank 3): a tie keeps the ranking's order
+    assert diversify(items, primary, 3, 2.0, 10).tolist() == [0, 1, 3]
+    # penalty 5: every second item of a genre costs 5 ranks; the genre-less item is never penalized
+    assert diversify(items, primary, 4, 5.0, 10).tolist() == [0, 3, 5, 1]
 
 
 def test_genre_mask_is_case_insensitive(model: artifacts.ServedModel) -> None:
@@ -53,10 +64,11 @@ def test_retrieval_follows_fresh_history_and_excludes(model: artifacts.ServedMod
     stage = RetrievalStage(model)
     for g, genre in enumerate(GENRES):
         history = np.array([model.position[f"b{b}"] for b in range(g * 20, g * 20 + 5)])
-        cands = stage.candidates(history, 10, exclude=history)
+        cands = stage.candidates(history, np.full(history.size, 2.0, np.float32), 10, exclude=history)
         assert not set(cands.items.tolist()) & set(history.tolist())
         assert sum(model.primary_genre[i] == genre for i in cands.items) >= 8
-        assert np.all(np.diff(cands.scores) <= 1e-6) and cands.user_row.shape == (model.spec.user_dim,)
+        assert cands.features.shape == (10, len(model.spec.candidate_features))
+        assert cands.user_row.shape == (model.spec.user_dim,)
 
 
 def test_ttl_cache_expires_and_evicts() -> None:

@@ -17,7 +17,7 @@ from training.store import ARTIFACTS
 def test_recommendations_follow_the_planted_genre(trained: RunResult, planted: dict[str, str]):
     ds = trained.dataset
     cands = trained.test_candidates
-    scores = torch_rank_fn(trained.ranker)(cands.items, cands.features)
+    scores = torch_rank_fn(trained.ranker)(cands.items, cands.features, cands.cand_features)
     top = np.take_along_axis(cands.items, np.argsort(-scores, axis=1)[:, :10], axis=1)
     share = np.mean(
         [
@@ -32,7 +32,15 @@ def test_pipeline_beats_popularity_and_reports_every_metric(trained: RunResult):
     ours = trained.test["Folio (retrieve + rank)"]
     assert ours["ndcg@10"] > trained.test["MostPop"]["ndcg@10"] + 0.05
     assert set(COLUMNS) <= set(ours)  # every metric the report shows
-    assert set(trained.test) == {"MostPop", "ItemKNN", "EASE", "Folio retrieval", "Folio (retrieve + rank)"}
+    assert set(trained.test) == {
+        "MostPop",
+        "ItemKNN",
+        "EASE",
+        "Folio retrieval",
+        "Folio candidates (merged, unranked)",
+        "Folio (retrieve + rank)",
+        "Folio (served defaults: diversity on)",
+    }
 
 
 def test_numpy_user_encoder_matches_training_scores(trained: RunResult):
@@ -54,11 +62,11 @@ def test_artifacts_hold_everything_and_onnx_matches_torch(trained: RunResult, ar
         trained.dataset.catalog
     )
     cands = trained.test_candidates
-    expected = torch_rank_fn(trained.ranker)(cands.items[:4], cands.features[:4])
+    expected = torch_rank_fn(trained.ranker)(cands.items[:4], cands.features[:4], cands.cand_features[:4])
     for variant, atol in (("fp32", 1e-4), ("fp16", 5e-2)):
         got = (
             session(artifacts_dir / f"ranker_{variant}.onnx")
-            .run(["scores"], ranker_inputs(cands.items[:4], cands.features[:4]))[0]
+            .run(["scores"], ranker_inputs(cands.items[:4], cands.features[:4], cands.cand_features[:4]))[0]
             .reshape(expected.shape)
         )
         assert np.allclose(got, expected, atol=atol), variant
@@ -99,3 +107,23 @@ def test_sampled_softmax_training_also_learns(trained: RunResult):
     cfg = replace(TINY.retrieval, sampled_negatives=10, epochs=30)
     _, valid = train_retrieval(trained.valid_fold, cfg, 0, trained.dataset.catalog.genres)
     assert valid["ndcg@10"] > trained.valid["MostPop"]["ndcg@10"]
+
+
+def test_refit_learns_from_every_interaction(trained: RunResult):
+    from training.refit import refit_on_all
+
+    saved = refit_on_all(trained, TINY)
+    n = len(trained.dataset.interactions)
+    assert saved.refit is not None and saved.refit["interactions"] == n
+    assert saved.popularity.sum() == n > trained.popularity.sum()  # selection saw the train split only
+    assert saved.test == trained.test  # the figures quoted are the selection run's
+    # the item-item sources now know the held-out interactions: a user's test items score higher
+    fold = trained.test_fold
+    u = int(fold.users[0])
+    held = fold.target.indices[fold.target.indptr[u] : fold.target.indptr[u + 1]]
+    hist = fold.train.indices[fold.train.indptr[u] : fold.train.indptr[u + 1]]
+    ones = np.ones(hist.size, np.float32)
+    before = trained.item_item.scores(hist, ones)[0].at(held).mean()
+    after = saved.item_item.scores(hist, ones)[0].at(held).mean()
+    assert after > before
+    np.testing.assert_array_equal(saved.ranker.item_scalars.numpy(), saved.tables.scalars)

@@ -12,9 +12,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runners.triton_model import RequestError, merge, runs, split, validate_request
-from training.triton_repo import MODEL_PY, VARIANTS, render_triton
+from training.triton_repo import MODEL_PY, README, VARIANTS, RankerMeta, render_config, render_triton
 
-D, N = 24, 1000
+D, N, F = 24, 1000, 18
 TOP_LEVEL_ORDER = [
     "name",
     "backend",
@@ -38,7 +38,14 @@ def model_dir(tmp_path: Path) -> Path:
     d.mkdir()
     for v in VARIANTS:
         (d / f"ranker_{v}.onnx").write_bytes(f"onnx bytes of {v}".encode())
-    (d / "ranker.json").write_text(json.dumps({"user_feature_dim": D, "n_items": N, "version": "x"}))
+    meta = {
+        "user_feature_dim": D,
+        "n_items": N,
+        "candidate_feature_dim": F,
+        "feature_spec": {"candidate_features": [f"source{k // 3}.f{k % 3}" for k in range(F)]},
+        "version": "x",
+    }
+    (d / "ranker.json").write_text(json.dumps(meta))
     return d
 
 
@@ -85,11 +92,13 @@ def test_cpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
         cfg = parse(out / f"ranker_{v}" / "config.pbtxt")
         assert cfg.backend == "python" and cfg.platform == ""
         assert cfg.max_batch_size == 32
-        item_ids, user = cfg.input
+        item_ids, user, cand = cfg.input
         assert (item_ids.name, item_ids.data_type, list(item_ids.dims)) == ("item_ids", mc.TYPE_INT64, [-1])
         assert item_ids.allow_ragged_batch
         assert (user.name, user.data_type, list(user.dims)) == ("user_features", mc.TYPE_FP32, [D])
         assert not user.allow_ragged_batch
+        assert (cand.name, cand.data_type, list(cand.dims)) == ("candidate_features", mc.TYPE_FP32, [-1])
+        assert cand.allow_ragged_batch  # flat [1, n*F] per request, concatenated like item_ids
         (scores,) = cfg.output
         assert (scores.name, scores.data_type, list(scores.dims)) == ("scores", mc.TYPE_FP32, [-1])
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 700
@@ -98,6 +107,7 @@ def test_cpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
         params = {k: p.string_value for k, p in cfg.parameters.items()}
         assert params["intra_op_num_threads"] == "1" and params["n_items"] == str(N)
         assert params["max_candidates_per_run"] == "1024"
+        assert params["candidate_feature_dim"] == str(F)
         assert params["variant"] == v
         assert not cfg.batch_input and not cfg.batch_output and not cfg.HasField("optimization")
         version = out / f"ranker_{v}" / "1"
@@ -115,7 +125,11 @@ def test_gpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
         cfg = parse(out / f"ranker_{v}" / "config.pbtxt")
         assert cfg.platform == "onnxruntime_onnx" and cfg.backend == ""
         assert cfg.max_batch_size == 16
-        assert cfg.input[0].name == "item_ids" and cfg.input[0].allow_ragged_batch
+        assert [(i.name, i.data_type, list(i.dims), i.allow_ragged_batch) for i in cfg.input] == [
+            ("item_ids", mc.TYPE_INT64, [-1], True),
+            ("user_features", mc.TYPE_FP32, [D], False),
+            ("candidate_features", mc.TYPE_FP32, [-1], True),  # the ORT backend: ragged inputs are 1-D
+        ]
         (batch_input,) = cfg.batch_input
         assert batch_input.kind == mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT
         assert list(batch_input.target_name) == ["candidate_ends"]
@@ -132,12 +146,15 @@ def test_gpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
         (accel,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
         assert accel.name == "tensorrt"
         assert accel.parameters["precision_mode"] == precision
-        assert (
-            accel.parameters["trt_profile_max_shapes"]
-            == f"item_ids:4800,user_features:16x{D},candidate_ends:16"
+        # 16 requests x 300 candidates at most; candidate_features holds F values per candidate.
+        assert accel.parameters["trt_profile_max_shapes"] == (
+            f"item_ids:4800,user_features:16x{D},candidate_ends:16,candidate_features:{4800 * F}"
         )
-        assert (
-            accel.parameters["trt_profile_min_shapes"] == f"item_ids:1,user_features:1x{D},candidate_ends:1"
+        assert accel.parameters["trt_profile_opt_shapes"] == (
+            f"item_ids:2400,user_features:8x{D},candidate_ends:8,candidate_features:{2400 * F}"
+        )
+        assert accel.parameters["trt_profile_min_shapes"] == (
+            f"item_ids:1,user_features:1x{D},candidate_ends:1,candidate_features:{F}"
         )
         version = out / f"ranker_{v}" / "1"
         assert sorted(p.name for p in version.iterdir()) == ["model.onnx"]  # ORT backend: no model.py
@@ -177,6 +194,36 @@ def test_missing_variant_or_metadata_is_an_error(model_dir: Path, tmp_path: Path
         render_triton(model_dir, tmp_path / "repo")
 
 
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({}, "candidate_feature_dim must be an integer >= 1"),  # a version exported before the input
+        ({"candidate_feature_dim": 0}, "candidate_feature_dim must be an integer >= 1"),
+        ({"candidate_feature_dim": "18"}, "candidate_feature_dim must be an integer >= 1"),
+        ({"candidate_feature_dim": 2.5}, "candidate_feature_dim must be an integer >= 1"),
+        ({"candidate_feature_dim": True}, "candidate_feature_dim must be an integer >= 1"),
+        (
+            {"candidate_feature_dim": 6, "feature_spec": {"candidate_features": ["a", "b"]}},
+            "candidate_feature_dim 6 but feature_spec.candidate_features lists 2",
+        ),
+    ],
+)
+def test_candidate_feature_dim_is_required_and_checked(model_dir: Path, tmp_path: Path, extra, match) -> None:
+    (model_dir / "ranker.json").write_text(json.dumps({"user_feature_dim": D, "n_items": N, **extra}))
+    with pytest.raises(ValueError, match=match):
+        render_triton(model_dir, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()  # nothing half-rendered
+
+
+def test_committed_configs_are_rendered_from_the_contract() -> None:
+    """model_repository/*/config.pbtxt are render_config's output (ML-100K dims, default settings)."""
+    repo = MODEL_PY.parent.parent / "model_repository"
+    meta = RankerMeta(user_feature_dim=221, n_items=1682, candidate_feature_dim=18)
+    for v in VARIANTS:
+        assert (repo / f"ranker_{v}" / "config.pbtxt").read_text() == render_config(v, meta), v
+    assert (repo / "README.md").read_text() == README
+
+
 def test_invalid_arguments(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="target"):
         render_triton(model_dir, tmp_path / "repo", target="tpu")
@@ -190,10 +237,13 @@ def test_invalid_arguments(model_dir: Path, tmp_path: Path) -> None:
 def test_merge_and_split_round_trip() -> None:
     ids = [np.array([5, 6, 7]), np.array([1]), np.array([2, 3, 4, 8, 9])]
     rows = [np.full((1, 4), k, dtype=np.float32) for k in range(3)]
-    item_ids, users, ends = merge(ids, rows)
+    feats = [np.stack([x, -x], 1).reshape(-1).astype(np.float32) for x in ids]  # F = 2: (id, -id)
+    item_ids, users, ends, cand = merge(ids, rows, feats)
     assert item_ids.dtype == np.int64 and item_ids.tolist() == [5, 6, 7, 1, 2, 3, 4, 8, 9]
     assert users.shape == (3, 4) and users[:, 0].tolist() == [0, 1, 2]
     assert ends.dtype == np.int32 and ends.tolist() == [3, 4, 9]  # BATCH_ACCUMULATED_ELEMENT_COUNT
+    assert cand.dtype == np.float32 and cand.shape == (9 * 2,)  # flat, in item_ids order
+    assert cand.reshape(-1, 2).tolist() == [[x, -x] for x in item_ids.tolist()]
     parts = split(item_ids.astype(np.float32) * 10, ends)
     assert [p.tolist() for p in parts] == [[50, 60, 70], [10], [20, 30, 40, 80, 90]]
     with pytest.raises(RuntimeError):
@@ -216,14 +266,29 @@ def test_runs_group_consecutive_requests_under_the_limit(counts, limit, expected
 
 def test_validate_request() -> None:
     user = np.zeros((1, 4), dtype=np.float32)
-    assert validate_request(np.array([[0, 9]]), user, 10).tolist() == [0, 9]
+
+    def cf(n: int, f: int = 3) -> np.ndarray:
+        return np.arange(n * f, dtype=np.float32).reshape(1, -1)
+
+    ids, feats = validate_request(np.array([[0, 9]]), user, cf(2), 10, 3)
+    assert ids.tolist() == [0, 9] and feats.tolist() == list(range(6))
     with pytest.raises(RequestError, match=r"\[0, 10\)"):
-        validate_request(np.array([[0, 10]]), user, 10)
+        validate_request(np.array([[0, 10]]), user, cf(2), 10, 3)
     with pytest.raises(RequestError, match=r"\[0, 10\)"):
-        validate_request(np.array([[-1]]), user, 10)
+        validate_request(np.array([[-1]]), user, cf(1), 10, 3)
     with pytest.raises(RequestError, match="one request"):
-        validate_request(np.zeros((2, 3), dtype=np.int64), np.zeros((2, 4), dtype=np.float32), 10)
-    assert validate_request(np.zeros((1, 0), dtype=np.int64), user, 10).size == 0
+        validate_request(np.zeros((2, 3), dtype=np.int64), np.zeros((2, 4), dtype=np.float32), cf(6), 10, 3)
+    empty_ids, empty_feats = validate_request(np.zeros((1, 0), dtype=np.int64), user, cf(0), 10, 3)
+    assert empty_ids.size == 0 and empty_feats.size == 0
+    # candidate_features must hold exactly F values per item id, as one [1, n*F] row.
+    for bad in (cf(2, 2), cf(3), cf(2).reshape(2, 3), cf(2).reshape(-1), cf(2).reshape(1, 2, 3)):
+        with pytest.raises(RequestError, match=r"candidate_features must have shape \[1, n\*F\] = \[1, 6\]"):
+            validate_request(np.array([[0, 9]]), user, bad, 10, 3)
+    for value in (np.nan, np.inf, -np.inf):
+        poisoned = cf(2)
+        poisoned[0, 4] = value
+        with pytest.raises(RequestError, match="finite"):
+            validate_request(np.array([[0, 9]]), user, poisoned, 10, 3)
 
 
 class _FakeTensor:
@@ -249,7 +314,8 @@ class _FakeResponse:
 
 
 class _FakeSession:
-    """Known answer: score = item id + 1000 * request row + user_features[row, 0]."""
+    """Known answer: score = item id + 1000 * request row + user_features[row, 0]
+    + 10 * candidate_features[candidate, 1] (F = MODEL_F)."""
 
     def __init__(self, poison: int | None = None) -> None:
         self.calls: list[dict[str, np.ndarray]] = []
@@ -258,10 +324,14 @@ class _FakeSession:
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.calls.append(feeds)
         ids, users, ends = feeds["item_ids"], feeds["user_features"], feeds["candidate_ends"]
+        cand = feeds["candidate_features"].reshape(-1, MODEL_F)  # the graph's reshape
         if self.poison is not None and self.poison in ids:
             raise RuntimeError("poisoned")
         row = (np.arange(len(ids))[:, None] >= ends[None, :]).sum(1)
-        return [(ids + 1000 * row + users[row, 0]).astype(np.float32)]
+        return [(ids + 1000 * row + users[row, 0] + 10 * cand[:, 1]).astype(np.float32)]
+
+
+MODEL_F = 2  # candidate_feature_dim of the fake model
 
 
 @pytest.fixture()
@@ -281,13 +351,18 @@ def python_model(monkeypatch: pytest.MonkeyPatch):
     model = triton_model.TritonPythonModel()
     model.model_name, model.n_items, model.session = "ranker_test", 100, _FakeSession()
     model.max_candidates_per_run = 1024
+    model.candidate_feature_dim = MODEL_F
     return model
 
 
-def _request(ids: list[int], user0: float) -> dict[str, _FakeTensor]:
+def _request(ids: list[int], user0: float, feats: np.ndarray | None = None) -> dict[str, _FakeTensor]:
+    """One request; candidate features default to zeros, [1, n*F]."""
+    if feats is None:
+        feats = np.zeros((1, len(ids) * MODEL_F), dtype=np.float32)
     return {
         "item_ids": _FakeTensor("item_ids", np.array([ids], dtype=np.int64)),
         "user_features": _FakeTensor("user_features", np.array([[user0, 0.0]], dtype=np.float32)),
+        "candidate_features": _FakeTensor("candidate_features", np.asarray(feats, dtype=np.float32)),
     }
 
 
@@ -314,6 +389,46 @@ def test_execute_merges_ragged_requests_into_one_run(python_model) -> None:
     assert responses[3].error.code == "INVALID_ARG" and "user_features" in responses[3].error.message
 
 
+def test_execute_feeds_candidate_features_aligned_with_item_ids(python_model) -> None:
+    """Ragged requests' flat candidate features are concatenated in item_ids order; a request whose
+    candidate_features has the wrong size (or is missing, or not finite) gets its own INVALID_ARG
+    error and the others in the batch are served."""
+
+    def feats(ids: list[int]) -> np.ndarray:  # F = 2 per candidate: (0, id / 100)
+        return np.array([[v for x in ids for v in (0.0, x / 100)]], dtype=np.float32)
+
+    no_feats = _request([3], 0.0)
+    del no_feats["candidate_features"]
+    nan_feats = feats([4])
+    nan_feats[0, 1] = np.nan
+    requests = [
+        _request([10, 20], 0.0, feats([10, 20])),
+        _request([30, 40, 50], 0.0, feats([30, 40])),  # 2 candidates' features for 3 ids
+        _request([60], 0.5, feats([60])),
+        _request([70], 0.0, np.zeros((1, 3), dtype=np.float32)),  # 3 values, F = 2
+        no_feats,
+        _request([4], 0.0, nan_feats),
+        _request([80, 90, 95], 0.0, feats([80, 90, 95]).reshape(3, 2)),  # not one [1, n*F] row
+        _request([5, 6, 7], 0.25, feats([5, 6, 7])),
+    ]
+    responses = python_model.execute(requests)
+    (call,) = python_model.session.calls
+    assert call["item_ids"].tolist() == [10, 20, 60, 5, 6, 7]
+    assert call["candidate_features"].dtype == np.float32 and call["candidate_features"].ndim == 1
+    np.testing.assert_allclose(call["candidate_features"].reshape(-1, 2)[:, 1], call["item_ids"] / 100)
+    served = {i: r.output_tensors[0].array for i, r in enumerate(responses) if r.error is None}
+    assert sorted(served) == [0, 2, 7]
+    np.testing.assert_allclose(served[0], [[10 + 1.0, 20 + 2.0]], rtol=1e-6)
+    np.testing.assert_allclose(served[2], [[60 + 1000 + 0.5 + 6.0]], rtol=1e-6)
+    np.testing.assert_allclose(served[7], [[2005.25 + 0.5, 2006.25 + 0.6, 2007.25 + 0.7]], rtol=1e-6)
+    for i in (1, 3, 6):
+        assert responses[i].error.code == "INVALID_ARG", i
+        assert "candidate_features must have shape [1, n*F]" in responses[i].error.message, i
+    assert "[1, 6]" in responses[1].error.message and "got [1, 4]" in responses[1].error.message
+    assert responses[4].error.code == "INVALID_ARG" and "candidate_features" in responses[4].error.message
+    assert responses[5].error.code == "INVALID_ARG" and "finite" in responses[5].error.message
+
+
 def test_execute_splits_a_large_batch_into_runs(python_model) -> None:
     python_model.max_candidates_per_run = 4
     responses = python_model.execute([_request([1, 2, 3], 0.0), _request([4], 0.0), _request([5, 6], 0.0)])
@@ -329,7 +444,42 @@ def test_execute_splits_a_large_batch_into_runs(python_model) -> None:
 
 def test_execute_isolates_a_request_the_model_fails_on(python_model) -> None:
     python_model.session = _FakeSession(poison=42)
-    responses = python_model.execute([_request([1, 2], 0.0), _request([42], 0.0), _request([3], 0.0)])
+    one = np.array([[0.0, 0.5]], dtype=np.float32)
+    responses = python_model.execute([_request([1, 2], 0.0), _request([42], 0.0), _request([3], 0.0, one)])
     assert responses[1].error is not None and "poisoned" in responses[1].error.message
     assert responses[0].output_tensors[0].array.tolist() == [[1.0, 2.0]]
-    assert responses[2].output_tensors[0].array.tolist() == [[3.0]]  # scored alone: row 0
+    assert responses[2].output_tensors[0].array.tolist() == [[8.0]]  # scored alone (row 0), its features
+
+
+def _model_args(tmp_path: Path, inputs: list[str], params: dict[str, str]) -> dict[str, str]:
+    """initialize()'s arguments for a tiny ONNX graph with ``inputs`` (the names are what it checks)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None]) for name in inputs]
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None])
+    graph = helper.make_graph([helper.make_node("Identity", [inputs[-1]], ["scores"])], "g", x, [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "1").mkdir(parents=True)
+    onnx.save(model, str(tmp_path / "1" / "model.onnx"))
+    config = {"name": "ranker_test", "parameters": {k: {"string_value": v} for k, v in params.items()}}
+    return {"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1"}
+
+
+def test_initialize_reads_the_parameters_and_checks_the_graph_inputs(tmp_path: Path) -> None:
+    from runners.triton_model import TritonPythonModel
+
+    four = ["item_ids", "user_features", "candidate_ends", "candidate_features"]
+    model = TritonPythonModel()
+    model.initialize(_model_args(tmp_path / "ok", four, {"candidate_feature_dim": "18", "n_items": "7"}))
+    assert (model.candidate_feature_dim, model.n_items, model.max_candidates_per_run) == (18, 7, 1024)
+
+    with pytest.raises(RuntimeError, match="candidate_feature_dim is missing"):
+        TritonPythonModel().initialize(_model_args(tmp_path / "noparam", four, {"n_items": "7"}))
+    with pytest.raises(RuntimeError, match="not an integer >= 1"):
+        TritonPythonModel().initialize(_model_args(tmp_path / "zero", four, {"candidate_feature_dim": "0"}))
+    with pytest.raises(RuntimeError, match=r"expected.*candidate_features"):  # a 3-input (older) ranker
+        TritonPythonModel().initialize(
+            _model_args(tmp_path / "old", four[:3], {"candidate_feature_dim": "18"})
+        )
