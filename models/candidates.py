@@ -25,11 +25,16 @@ PER_SOURCE = ("score", "relative", "log_rank")
 DEFAULT_RATING_WEIGHT = 2.0  # an interaction without a rating (a click, a purchase) weighs as a 4-star rating
 
 
+def rating_weights(ratings: np.ndarray) -> np.ndarray:
+    """float32 history weights of interactions: 1 for ratings <= 3, 2 for 4, 3 for 5 (1..5 scale),
+    DEFAULT_RATING_WEIGHT where the rating is unknown (NaN)."""
+    r = np.asarray(ratings, dtype=np.float64)
+    return np.where(np.isfinite(r), np.clip(r - 2.0, 1.0, 3.0), DEFAULT_RATING_WEIGHT).astype(np.float32)
+
+
 def rating_weight(rating: float | None) -> float:
-    """History weight of an interaction: 1 for ratings <= 3, 2 for 4, 3 for 5 (1..5 scale)."""
-    if rating is None or not np.isfinite(rating):
-        return DEFAULT_RATING_WEIGHT
-    return float(min(3.0, max(1.0, rating - 2.0)))
+    """``rating_weights`` of one interaction (None: unknown)."""
+    return float(rating_weights(np.array([np.nan if rating is None else rating]))[0])
 
 
 def feature_names(item_item: ItemItem | None) -> tuple[str, ...]:

@@ -24,6 +24,11 @@ DIVERSITY_NDCG_BUDGET = 0.003  # validation NDCG@10 the default penalty may cost
 
 def diversify(items: np.ndarray, primary: Sequence[str], k: int, penalty: float, cap: int) -> np.ndarray:
     """The top ``k`` of ``items`` (int64 item indices, best first); ``primary[i]`` is item i's genre."""
+    return items[picks(items, primary, k, penalty, cap)].astype(np.int64)
+
+
+def picks(items: np.ndarray, primary: Sequence[str], k: int, penalty: float, cap: int) -> np.ndarray:
+    """``diversify``'s choice as positions into ``items`` (int64), in the order they are shown."""
     n = min(k, items.size)
     if n == 0:
         return np.zeros(0, np.int64)
@@ -42,5 +47,5 @@ def diversify(items: np.ndarray, primary: Sequence[str], k: int, penalty: float,
         taken[j] = True
         if genre[j] >= 0:
             shown[genre[j]] += 1
-        out.append(int(items[j]))
+        out.append(j)
     return np.asarray(out, dtype=np.int64)

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from models.candidates import feature_names, user_candidates
-from models.diversity import diversify
+from models.diversity import picks
 from models.features import FeatureSpec, ItemTables, user_features
 from models.item_item import ItemItem
 from models.ranker import Ranker
@@ -149,14 +149,12 @@ def evaluate_pipeline(
 
 def _diversified(items: np.ndarray, scores: np.ndarray, primary: list[str], penalty: float) -> np.ndarray:
     """Scores [U, N] whose order puts each row's diversified top-10 first, then the rest by score."""
-    out = np.full_like(scores, -np.inf)
+    out = np.empty_like(scores)
     for r in range(items.shape[0]):
         order = np.argsort(-scores[r], kind="stable")
-        top = diversify(items[r][order], primary, 10, penalty, cap=10)
-        pos = {int(i): j for j, i in enumerate(top.tolist())}
-        rest = [j for j in order.tolist() if int(items[r][j]) not in pos]
-        final = [int(np.flatnonzero(items[r] == i)[0]) for i in top.tolist()] + rest
-        out[r, final] = -np.arange(len(final), dtype=np.float32)
+        top = picks(items[r][order], primary, 10, penalty, cap=10)
+        final = order[np.concatenate([top, np.delete(np.arange(order.size), top)])]
+        out[r, final] = -np.arange(final.size, dtype=np.float32)
     return out
 
 

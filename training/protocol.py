@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from models.candidates import rating_weight
+from models.candidates import rating_weight, rating_weights
 from training.dataset import Dataset, Interactions
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def user_item_matrix(inter: Interactions, rows: np.ndarray, n_items: int) -> sp.
 
 def weight_matrix(inter: Interactions, rows: np.ndarray, n_items: int) -> sp.csr_matrix:
     """users x items CSR of the rows' rating weights (models.candidates.rating_weight; at most 3)."""
-    weights = np.array([rating_weight(float(r)) for r in inter.ratings[rows]], dtype=np.float32)
+    weights = rating_weights(inter.ratings[rows])
     m = sp.csr_matrix((weights, (inter.users[rows], inter.items[rows])), shape=(inter.n_users, n_items))
     np.minimum(m.data, 3.0, out=m.data)  # duplicates sum: cap them
     return m
