@@ -42,7 +42,7 @@ from loadtests.synthetic_model import build_synthetic_version, find_synthetic_ve
 from training import store
 
 log = logging.getLogger("loadtests.growth_bench")
-DEFAULT_CANDIDATES = 500  # FOLIO_CANDIDATES' default: the catalog sweep runs at it
+DEFAULT_CANDIDATES = 200  # a trained version's default (training.pipeline.RankerConfig): the catalog sweep
 MIN_HISTORY = 5  # FOLIO_COLD_START_THRESHOLD's default: users below it get the popularity path
 
 
@@ -144,6 +144,28 @@ def version_for(n_items: int) -> tuple[str, dict[str, Any]]:
         "onnx_mb": {k: round(v / 2**20, 1) for k, v in onnx_bytes.items()},
         "store_mb": round(sum(f.stat().st_size for f in Path(store.get(tag).path).iterdir()) / 2**20, 1),
     }
+
+
+def trained_version(tag: str) -> tuple[str, dict[str, Any]]:
+    """(tag, info) of a trained version (``--tags``), in ``version_for``'s shape."""
+    model = store.get(tag)
+    meta: Any = model.info.metadata
+    path = Path(model.path)
+    index: Any = meta.get("index", {})
+    return tag, {
+        "tag": tag,
+        "dataset": str(model.info.labels.get("dataset", "?")),
+        "built_now": False,
+        "build_s": round(float(sum((meta.get("seconds") or {}).values())), 1),
+        "index": index.get("kind"),
+        "index_recall@10": index.get("recall@10_vs_exact"),
+        "onnx_mb": {v: round((path / f"ranker_{v}.onnx").stat().st_size / 2**20, 1) for v in ("int8",)},
+        "store_mb": round(sum(f.stat().st_size for f in path.iterdir()) / 2**20, 1),
+    }
+
+
+def n_items_of(tag: str) -> int:
+    return int(json.loads((Path(store.get(tag).path) / "ranker.json").read_text())["n_items"])
 
 
 def measure(tag: str, candidates: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -252,13 +274,14 @@ def markdown(result: dict[str, Any]) -> str:
         "versions (loadtests/synthetic_model.py). Memory: the `bentoml serve` tree (supervisor, worker, "
         "tritonserver, Python-backend stubs), peak sample.",
         "",
-        "| items | index | build s | ONNX int8 MB | start s | p50 ms | p95 ms | p99 ms | rps done | errors "
-        "| fallbacks | RSS GiB | PSS GiB | load avg |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| version | items | index | build s | ONNX int8 MB | start s | p50 ms | p95 ms | p99 ms | rps done "
+        "| errors | fallbacks | RSS GiB | PSS GiB | load avg |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in sizes:
         lines.append(
-            f"| {r['n_items']:,} | {r['index']} | {r['build_s']:.0f}{'' if r['built_now'] else ' (stored)'} "
+            f"| {r.get('dataset', 'synthetic')} | {r['n_items']:,} | {r['index']} "
+            f"| {r['build_s']:.0f}{'' if r['built_now'] else ' (stored)'} "
             f"| {r['onnx_mb'].get('int8', 0):.0f} | {r['startup_s']:.0f} | {r['p50_ms']:.1f} "
             f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['completed_rps']:.1f} | {r['errors']} "
             f"| {_fallbacks(r)} | {r['rss_gib']:.2f} "
@@ -294,6 +317,9 @@ def summary(sizes: list[dict[str, Any]], cands: list[dict[str, Any]]) -> str:
         f"{b['p50_ms']:.1f} ms, while the stack's RSS went from {a['rss_gib']:.2f} to {b['rss_gib']:.2f} GiB "
         f"(PSS {a['pss_gib']:.2f} to {b['pss_gib']:.2f})."
     ]
+    if b["n_items"] > a["n_items"]:
+        per_item = (b["pss_gib"] - a["pss_gib"]) * 2**30 / (b["n_items"] - a["n_items"])
+        text.append(f"Memory per item (PSS growth over item growth): {per_item:,.0f} bytes.")
     text.append(
         "Per request, catalog size enters in three places: the FAISS search (exact inner product, linear "
         "in items, up to 100,000 items; IVF-Flat above, which scans nprobe of 4*sqrt(n) lists, so the "
@@ -342,6 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument(
+        "--tags", default="", help="trained store versions to measure first (comma-separated)"
+    )
     parser.add_argument("--candidates", default="100,500,1000")
     parser.add_argument(
         "--candidate-size", type=int, default=100_000, help="catalog size of the candidates sweep"
@@ -361,6 +390,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     builds: dict[int, tuple[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="folio-growth-") as tmp:
         work = Path(tmp)
+        for tag in [t for t in args.tags.split(",") if t]:
+            tag, info = trained_version(tag)
+            n = n_items_of(tag)
+            log.info("%s (%s, %d items): serving with its trained candidate count", tag, info["dataset"], n)
+            row = {"n_items": n, **info, **measure(tag, DEFAULT_CANDIDATES, args, work)}
+            log.info("%s: p99 %.1f ms, RSS %.2f GiB", tag, row["p99_ms"], row["rss_gib"])
+            size_rows.append(row)
         for n in sizes:
             builds[n] = version_for(n)
             tag, info = builds[n]

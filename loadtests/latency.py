@@ -2,7 +2,7 @@
 
     python -m loadtests.latency [--tag TAG] [--requests 300] [--precision int8] [--url http://127.0.0.1:3000]
 
-In process: the served pipeline (retrieve ``FOLIO_CANDIDATES`` = 500 by default, rank on the embedded
+In process: the served pipeline (retrieve the version's ``FOLIO_CANDIDATES``, rank on the embedded
 tritonserver over gRPC, rules, top 10) for distinct known users, one request at a time, result cache
 off, after a warm-up. Prints p50/p95/p99 per stage and in total. With ``--url`` it also times the same
 requests end to end over HTTP against a running service (give users it has not cached).
@@ -25,6 +25,7 @@ from runners.recommender import Recommender
 from runners.schemas import RecommendRequest, RecommendResponse
 from runners.settings import Settings
 from runners.store import LocalState
+from runners.threads import limit_numeric_threads
 
 STAGES = ("cache", "history", "retrieval", "ranking", "rules")
 
@@ -39,6 +40,7 @@ def table(rows: dict[str, list[float]]) -> str:
 
 async def in_process(args: argparse.Namespace) -> list[str]:
     settings = Settings(model_tag=args.tag, precision=args.precision, cache_ttl_s=0)
+    limit_numeric_threads(settings.numeric_threads)  # as service.py does: one BLAS/OpenMP thread
     model = artifacts.load(artifacts.resolve(settings.model_tag))
     users = [u for u, h in model.train_histories.items() if len(h) >= settings.cold_start_threshold]
     with tempfile.TemporaryDirectory() as tmp:

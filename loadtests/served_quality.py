@@ -246,6 +246,7 @@ class Served:
     cached: int = 0
     model_versions: Counter[str] = field(default_factory=Counter)
     variants: Counter[str] = field(default_factory=Counter)
+    precisions: Counter[str] = field(default_factory=Counter)
     retries_429: int = 0
 
 
@@ -264,17 +265,20 @@ async def fetch_lists(
     concurrency: int,
     max_429: int = 50,
     transport: httpx.AsyncBaseTransport | None = None,
+    variant: str | None = None,
 ) -> Served:
-    """POST /recommend for every user, at most ``concurrency`` in flight; 429s wait Retry-After."""
+    """POST /recommend for every user, at most ``concurrency`` in flight; 429s wait Retry-After.
+    ``variant``: the ranker variant (int8, fp16, fp32) or A/B arm to ask for (None: the user's)."""
     served = Served()
     sem = asyncio.Semaphore(concurrency)
     headers = {"x-api-key": api_key} if api_key else {}
+    request: dict[str, Any] = {"k": k, "exclude_seen": True} | ({"variant": variant} if variant else {})
 
     async def one(client: httpx.AsyncClient, user: str) -> None:
         async with sem:
             for _ in range(max_429):
                 try:
-                    r = await client.post("/recommend", json={"user_id": user, "k": k, "exclude_seen": True})
+                    r = await client.post("/recommend", json={"user_id": user, **request})
                 except httpx.HTTPError as e:
                     served.failures[type(e).__name__] += 1
                     return
@@ -295,6 +299,7 @@ async def fetch_lists(
             served.cached += body.cached
             served.model_versions[body.model_version] += 1
             served.variants[body.variant] += 1
+            served.precisions[body.precision] += 1
 
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0, transport=transport) as client:
         await asyncio.gather(*(one(client, u) for u in users))
@@ -328,6 +333,7 @@ def service_stats(served: Served, requests: int) -> dict[str, Any]:
         "cached_share": share(served.cached),
         "model_versions": dict(served.model_versions),
         "variants": dict(served.variants),
+        "precisions": dict(served.precisions),
     }
 
 
@@ -343,7 +349,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if not sampled.size:
         raise SystemExit(f"no user has a held-out item in {args.holdout or args.catalog / 'holdout.csv'}")
     served = asyncio.run(
-        fetch_lists(args.url, [data.user_ids[u] for u in sampled], args.k, args.api_key, args.concurrency)
+        fetch_lists(
+            args.url,
+            [data.user_ids[u] for u in sampled],
+            args.k,
+            args.api_key,
+            args.concurrency,
+            variant=args.variant,
+        )
     )
     svc = service_stats(served, len(sampled))
     if svc["failed"] > MAX_FAILED_SHARE * len(sampled):
@@ -373,6 +386,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "url": args.url,
         "catalog": str(args.catalog),
+        "variant": args.variant,
         "k": k,
         "rows": rows,
         "relative_ndcg_vs_ease": (folio_ndcg - ease_ndcg) / ease_ndcg if ease_ndcg else None,
@@ -421,6 +435,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--api-key", default=None, help="sent as X-API-Key")
     e.add_argument("--concurrency", type=int, default=8)
+    e.add_argument("--variant", default=None, help="int8, fp16, fp32 or an A/B variant (default: the user's)")
     e.add_argument("--json", type=Path, default=None)
     e.set_defaults(func=cmd_evaluate)
     return p

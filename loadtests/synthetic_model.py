@@ -24,7 +24,7 @@ shapes and structure a trained version has, and written with the project's own c
   neighbours (about 80% from its primary genre, the rest Zipf-popular items of the whole catalog, never
   itself; fewer in a small catalog), EASE-like signed or cosine-like positive weights, stored as
   training stores a matrix (models.item_item: dense up to DENSE_MAX_ITEMS items, CSR rows above);
-* ranker: models.ranker.Ranker (DCN, item tables inside the graph, the candidate features of
+* ranker: models.ranker.Ranker (an MLP, item tables inside the graph, the candidate features of
   models.candidates.feature_names(item_item) as its 4th input), randomly initialized with its feature
   normalizer fitted on the candidates training.pipeline.retrieve generates (models.candidates: FAISS-
   equivalent top list merged with the first item-item source, per-candidate features of every source;
@@ -432,7 +432,7 @@ def write_synthetic_artifacts(
     lap("item-item sources")
 
     spec = FeatureSpec(retrieval_dim=dim, genres=genres, candidate_features=feature_names(item_item))
-    tables = item_tables(weights.item_vectors, popularity, years, genre_matrix(item_genres, genres))
+    tables = item_tables(popularity, years, genre_matrix(item_genres, genres))
     valid = Fold(train=train, seen=train, target=valid_t, weights=train_rated)
     test = Fold(train=train, seen=(train + valid_t).tocsr(), target=test_t, weights=train_rated)
     users = np.random.default_rng(seed + 1).permutation(n_users)
@@ -453,7 +453,7 @@ def write_synthetic_artifacts(
     failures: list[str] = []
     for attempt in range(PARITY_ATTEMPTS):
         torch.manual_seed(seed + attempt)  # the ranker's initialization
-        ranker = Ranker(spec, tables, width=hidden, n_cross=2)
+        ranker = Ranker(spec, tables, width=hidden)
         loss = _fit_ranker(ranker, fit_c, valid_t, seed + attempt, fit_steps)
         lap("ranker fit")
         paths = export_all(ranker, out, fit_c)

@@ -162,7 +162,7 @@ def request_pool(model_dir: Path, size: int, candidates: int, seed: int = 0) -> 
         catalog = json.loads((model_dir / "catalog.json").read_text())
         years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], np.float32)
         genres = genre_matrix([tuple(c["genres"]) for c in catalog], tuple(meta["feature_spec"]["genres"]))
-        tables = item_tables(weights.item_vectors, np.load(model_dir / "popularity.npy"), years, genres)
+        tables = item_tables(np.load(model_dir / "popularity.npy"), years, genres)
         with np.load(model_dir / "histories.npz") as h:
             indptr, indices = h["indptr"], h["indices"]
             rated = h["weights"] if "weights" in h.files else np.full(indices.size, DEFAULT_RATING_WEIGHT)

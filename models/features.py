@@ -4,13 +4,12 @@ A ranking request carries candidate item ids plus ONE user feature row; every it
 is a table inside the exported ranker graph, gathered by id.
 
 User feature row (float32, ``FeatureSpec.user_dim`` wide), in this order:
-    user vector [retrieval dim]   (the L2-normalized retrieval user vector)
+    user vector [retrieval dim]   (the L2-normalized retrieval user vector; the ranker does not read it)
     genre profile [n_genres]      (share of the history in each genre; rows sum to 1 or 0)
     log1p(history length)
     mean normalized year of the history (0 when unknown)
 
 Item tables (inside the graph):
-    item vectors [n_items, retrieval dim]   (the L2-normalized retrieval item vectors)
     item scalars [n_items, 3]               (standardized log popularity, normalized year, year missing)
     item genres  [n_items, n_genres]        (multi-hot)
 """
@@ -29,9 +28,6 @@ class FeatureSpec:
     retrieval_dim: int
     genres: tuple[str, ...]
     candidate_features: tuple[str, ...] = ()  # models.candidates.feature_names: F per-candidate inputs
-    # the ranker sees u * v elementwise (else only their dot product): ties the ranker to the retrieval
-    # model's embedding space, so a refit retrieval model needs a retrained ranker
-    vector_product: bool = True
 
     @property
     def n_genres(self) -> int:
@@ -47,7 +43,6 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class ItemTables:
-    vectors: np.ndarray  # float32 [n_items, retrieval_dim]
     scalars: np.ndarray  # float32 [n_items, 3]
     genres: np.ndarray  # float32 [n_items, n_genres]
     years: np.ndarray  # float32 [n_items], normalized, 0 where unknown
@@ -63,15 +58,13 @@ def genre_matrix(item_genres: list[tuple[str, ...]], vocab: tuple[str, ...]) -> 
     return out
 
 
-def item_tables(
-    item_vectors: np.ndarray, popularity: np.ndarray, years: np.ndarray, genres: np.ndarray
-) -> ItemTables:
+def item_tables(popularity: np.ndarray, years: np.ndarray, genres: np.ndarray) -> ItemTables:
     logpop = np.log1p(popularity.astype(np.float64))
     logpop = (logpop - logpop.mean()) / (logpop.std() + 1e-6)
     missing = np.isnan(years)
     year = np.where(missing, 0.0, (np.nan_to_num(years) - YEAR_CENTER) / YEAR_SCALE)
     scalars = np.stack([logpop, year, missing.astype(np.float64)], axis=1).astype(np.float32)
-    return ItemTables(item_vectors.astype(np.float32), scalars, genres, year.astype(np.float32))
+    return ItemTables(scalars, genres, year.astype(np.float32))
 
 
 def user_features(user_vectors: np.ndarray, histories: list[np.ndarray], tables: ItemTables) -> np.ndarray:

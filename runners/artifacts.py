@@ -79,7 +79,6 @@ def load(model: bentoml.Model) -> ServedModel:
         retrieval_dim=int(fs["retrieval_dim"]),
         genres=tuple(fs["genres"]),
         candidate_features=tuple(fs.get("candidate_features", ())),
-        vector_product=bool(fs.get("vector_product", True)),
     )
     weights = RetrievalWeights.load(str(path / "retrieval.npz"))
     item_item = ItemItem.load(path / "item_item.npz")
@@ -105,7 +104,7 @@ def load(model: bentoml.Model) -> ServedModel:
         raise ModelLoadError(f"{model.tag}: diversity_penalty {penalty!r} outside [0, 100]")
     years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], dtype=np.float32)
     genres = genre_matrix([tuple(c["genres"]) for c in catalog], spec.genres)
-    tables = item_tables(weights.item_vectors, popularity, years, genres)
+    tables = item_tables(popularity, years, genres)
     with np.load(path / "histories.npz") as h:
         indptr, indices, users = h["indptr"], h["indices"], h["user_ids"]
         rated = h["weights"] if "weights" in h.files else np.full(indices.size, DEFAULT_RATING_WEIGHT)

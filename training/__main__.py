@@ -13,6 +13,7 @@ from pathlib import Path
 
 from models.retrieval import RetrievalConfig
 from training import store
+from training.ablation import write_ablation
 from training.artifacts import version_run
 from training.experiment import RunResult, TrainConfig, run
 from training.fetch import DATASETS, default_data_dir, fetch
@@ -94,6 +95,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_report(args.results, args.report)
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    """One seed: what each part of the pipeline adds and costs; results/ablation/, then docs/quality.md."""
+    write_ablation(load_dataset(args.dataset, args.data_dir), _config(args), args.results)
+    write_report(args.results, args.report)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     write_report(args.results, args.report)
 
@@ -161,6 +168,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", type=Path, default=REPO / "docs" / "results")
     s.add_argument("--report", type=Path, default=REPO / "docs" / "quality.md")
     s.set_defaults(func=cmd_evaluate)
+    s = sub.add_parser("ablate", help="what each part of the pipeline adds and costs; writes docs/quality.md")
+    training(s)
+    s.add_argument("--results", type=Path, default=REPO / "docs" / "results")
+    s.add_argument("--report", type=Path, default=REPO / "docs" / "quality.md")
+    s.set_defaults(func=cmd_ablate)
     s = sub.add_parser("report", help="regenerate docs/quality.md from docs/results/*.json")
     s.add_argument("--results", type=Path, default=REPO / "docs" / "results")
     s.add_argument("--report", type=Path, default=REPO / "docs" / "quality.md")

@@ -30,17 +30,29 @@ def hits_matrix(ranked: np.ndarray, target: sp.csr_matrix, users: np.ndarray) ->
     return out
 
 
-def accuracy(hits: np.ndarray, n_pos: np.ndarray, k: int) -> dict[str, float]:
-    """Recall, NDCG, MRR, Hit, Precision at k, averaged over users."""
+class Metrics(dict[str, float]):
+    """Metric name -> mean over users; ``ndcg_users`` keeps each user's NDCG@10 for paired comparisons
+    (two rankings of the same users differ far less than either's spread over users)."""
+
+    ndcg_users: np.ndarray
+
+
+def user_ndcg(hits: np.ndarray, n_pos: np.ndarray, k: int) -> np.ndarray:
+    """float64 [U]: each user's NDCG@k (binary gain, ideal DCG over min(n_pos, k))."""
     h = hits[:, :k].astype(np.float64)  # fewer than k columns when the catalog is smaller than k
     discounts = 1.0 / np.log2(np.arange(2, h.shape[1] + 2))
-    dcg = h @ discounts
     idcg = np.cumsum(discounts)[np.minimum(n_pos, h.shape[1]) - 1]
+    return (h @ discounts) / idcg
+
+
+def accuracy(hits: np.ndarray, n_pos: np.ndarray, k: int) -> dict[str, float]:
+    """Recall, NDCG, MRR, Hit, Precision at k, averaged over users."""
+    h = hits[:, :k].astype(np.float64)
     first = np.argmax(h, axis=1)
     any_hit = h.any(axis=1)
     return {
         f"recall@{k}": float(np.mean(h.sum(1) / n_pos)),
-        f"ndcg@{k}": float(np.mean(dcg / idcg)),
+        f"ndcg@{k}": float(np.mean(user_ndcg(hits, n_pos, k))),
         f"mrr@{k}": float(np.mean(np.where(any_hit, 1.0 / (first + 1), 0.0))),
         f"hit@{k}": float(np.mean(any_hit)),
         f"precision@{k}": float(np.mean(h.sum(1) / k)),
@@ -84,7 +96,7 @@ def evaluate_scores(
     item_genres: list[tuple[str, ...]],
     item_pop: np.ndarray,
     batch: int = 1024,
-) -> dict[str, float]:
+) -> Metrics:
     """Full-ranking evaluation. ``score_fn(user_batch) -> float [len(batch), n_items]``.
 
     Seen items are masked to -inf; metrics at 10 plus recall at the retrieval depths.
@@ -101,7 +113,8 @@ def evaluate_scores(
         ranked10.append(ranked[:, :10])
     hits = np.concatenate(hits_all)
     n_pos = np.diff(target.indptr)[users]
-    out: dict[str, float] = {}
+    out = Metrics()
+    out.ndcg_users = user_ndcg(hits, n_pos, 10)
     for k in ACCURACY_KS:
         out |= accuracy(hits, n_pos, k)
     for k in RETRIEVAL_KS:

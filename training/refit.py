@@ -4,10 +4,9 @@ Selection (training/experiment.py) fits on the 80% train split and chooses on va
 epochs, EASE's lambda, ItemKNN's k, the ranker (and its epochs) and the diversity penalty. Its test
 figures are the ones the report and the version's metadata quote. The saved version then refits, with
 those choices, the retrieval model and the item-item sources on train + valid + test, and swaps the
-refitted item tables (vectors, popularity) into the selection run's ranker. That is sound only when the
-ranker does not read the retrieval embedding space itself (``FeatureSpec.vector_product`` False: it
-sees the user-item dot product, never u * v); otherwise the retrieval model is kept as selected and only
-the item-item sources and popularity are refitted.
+refitted popularity table into the selection run's ranker. That is sound because the ranker never reads
+the retrieval embedding space (models/ranker.py): it sees each source's scores and ranks, which the
+refitted models produce on the same scale.
 
 The export's parity checks then run on candidates from the refitted models over the selection folds:
 those models were trained on the held-out items, so those NDCG figures compare variants with each
@@ -42,16 +41,13 @@ def refit_on_all(run: RunResult, cfg: TrainConfig) -> RunResult:
     x = user_item_matrix(ds.interactions, every, n_items)
     rated = weight_matrix(ds.interactions, every, n_items)
     epochs = int(run.valid["Folio retrieval"]["epoch"])
-    weights = run.weights
-    if not run.spec.vector_product:
-        weights = fit_retrieval(x, cfg.retrieval, run.seed, epochs)
+    weights = fit_retrieval(x, cfg.retrieval, run.seed, epochs)
     item_item = fit_item_item(x, rated, run.choices["ease_reg"], int(run.choices["knn_k"]))
     pop = np.asarray(x.sum(0)).ravel()
     vocab = run.spec.genres
-    tables = item_tables(weights.item_vectors, pop, ds.catalog.years, genre_matrix(ds.catalog.genres, vocab))
+    tables = item_tables(pop, ds.catalog.years, genre_matrix(ds.catalog.genres, vocab))
     ranker = copy.deepcopy(run.ranker)
     with torch.no_grad():
-        ranker.item_vectors.copy_(torch.from_numpy(tables.vectors))
         ranker.item_scalars.copy_(torch.from_numpy(tables.scalars))
     n = run.test_candidates.items.shape[1]
     val, test = run.valid_fold, run.test_fold
@@ -59,9 +55,8 @@ def refit_on_all(run: RunResult, cfg: TrainConfig) -> RunResult:
     test_c = retrieve(weights, tables, item_item, test.rated, test.seen, test.users, n)
     seconds = dict(run.seconds, refit=time.perf_counter() - t)
     log.info(
-        "refit on all %d interactions (retrieval %s, %d epochs) in %.0fs",
+        "refit on all %d interactions (retrieval refitted, %d epochs) in %.0fs",
         x.nnz,
-        "kept as selected" if run.spec.vector_product else "refitted",
         epochs,
         seconds["refit"],
     )
@@ -75,11 +70,12 @@ def refit_on_all(run: RunResult, cfg: TrainConfig) -> RunResult:
         valid_candidates=valid_c,
         test_candidates=test_c,
         ranker_train=valid_c,
+        ranker_folds=[],  # the selection run's training lists: nothing the saved version needs
         seconds=seconds,
         refit={
             "interactions": int(x.nnz),
-            "retrieval": "selection run" if run.spec.vector_product else f"refitted, {epochs} epochs",
+            "retrieval": f"refitted, {epochs} epochs",
             "item_item": "refitted",
-            "ranker": "selection run (item tables refitted)",
+            "ranker": "selection run (popularity table refitted)",
         },
     )

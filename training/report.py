@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from training.ablation import ablation_section
 from training.artifacts import write_artifacts
 from training.dataset import Dataset
 from training.experiment import TrainConfig, run
@@ -144,8 +145,9 @@ def _diversity_section(name: str, runs: list[dict[str, Any]]) -> list[str]:
         f"### Accuracy / diversity trade-off ({name}, mean over seeds)",
         "",
         "Genre diversity penalty (models/diversity.py: ranks per item already shown from the same genre). "
-        f"The default is chosen per seed on validation: the largest penalty costing at most {budget} "
-        f"validation NDCG@10. Chosen: {', '.join(f'{c:g}' for c in chosen)}.",
+        "The default is chosen per seed on validation: the largest penalty whose NDCG@10 cost on the "
+        f"ranker-holdout users, paired per user, stays within {budget} at mean + 2 standard errors "
+        f"(training/experiment.choose_penalty). Chosen: {', '.join(f'{c:g}' for c in chosen)}.",
         "",
         "| penalty | valid NDCG@10 | test NDCG@10 | test recall@10 | test diversity@10 | test coverage@10 |",
         "|---|---|---|---|---|---|",
@@ -159,6 +161,44 @@ def _diversity_section(name: str, runs: list[dict[str, Any]]) -> list[str]:
             f"{_mean_std([x['coverage@10'] for x in t])} |"
         )
     return lines
+
+
+SERVED_ROWS = ("Folio (served over HTTP)", "EASE (same data)")  # loadtests/served_quality.py's rows
+
+
+def _served_section(results: Path) -> list[str]:
+    """Quality over HTTP: one loadtests/served_quality.py JSON per run in ``results/served``."""
+    files = sorted((results / "served").glob("*.json"))
+    if not files:
+        return []
+    lines = [
+        "## Served over HTTP",
+        "",
+        "What a running service answers, scored against held-out interactions: `python -m "
+        "loadtests.served_quality split` holds out 10% of each user's interactions of a catalog and writes "
+        "the rest as books.csv + ratings.csv; `./scripts/main.sh --dataset <split>` trains on them with "
+        "the defaults (selection, then refit on all of them), versions, renders Triton and serves; "
+        "`python -m loadtests.served_quality evaluate --variant V --json docs/results/served/<run>.json` "
+        "asks /recommend (exclude_seen, k 10) for 1,000 sampled users over HTTP: candidates, features "
+        "and the ranker variant on the embedded Triton, as users get them. EASE: fit on the same "
+        "ratings.csv, its lambda chosen on a validation split of it. Run names say how the service was "
+        "configured ('rules-off': FOLIO_DIVERSITY_PENALTY=0).",
+        "",
+        "| run | precision served | Folio NDCG@10 | Folio Recall@10 | Folio Hit@10 | Folio coverage@10 | "
+        "EASE NDCG@10 | EASE Recall@10 | Folio vs EASE | users | fallbacks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in files:
+        d = json.loads(f.read_text())
+        folio, ease = (d["rows"][n] for n in SERVED_ROWS)
+        svc = d["service"]
+        lines.append(
+            f"| {f.stem} | {', '.join(svc.get('precisions', {})) or '?'} | {folio['ndcg@10']:.4f} | "
+            f"{folio['recall@10']:.4f} | {folio['hit@10']:.4f} | {folio['coverage@10']:.4f} | "
+            f"{ease['ndcg@10']:.4f} | {ease['recall@10']:.4f} | {100 * d['relative_ndcg_vs_ease']:+.1f}% | "
+            f"{int(folio['users'])} | {svc['fallback']} |"
+        )
+    return [*lines, ""]
 
 
 def write_report(results: Path, report: Path) -> None:
@@ -177,12 +217,18 @@ def write_report(results: Path, report: Path) -> None:
         "retrieval model alone, full ranking; EASE and ItemKNN: the item-item sources alone (the same "
         "models the pipeline reads); 'Folio candidates (merged, unranked)': the 200 candidates of "
         "models/candidates.py in merge order; 'Folio (retrieve + rank)': those ranked by the neural "
-        "ranker (FP32, PyTorch), rules off; 'Folio (served defaults: diversity on)': with the "
-        "validation-chosen diversity penalty, as `/recommend` serves by default.",
+        "ranker (an MLP over each candidate's features, FP32, PyTorch; trained on the validation fold's "
+        "lists and two re-split folds, training/ranker_folds.py), rules off; 'Folio (served defaults: "
+        "diversity on)': with the validation-chosen diversity penalty, as `/recommend` serves by default.",
         "",
     ]
     for f in files:
-        lines += _dataset_section(json.loads(f.read_text()))
+        data = json.loads(f.read_text())
+        lines += _dataset_section(data)
+        ablation = results / "ablation" / f"{data['dataset']}.json"
+        if ablation.is_file():
+            lines += [*ablation_section(json.loads(ablation.read_text())), ""]
+    lines += _served_section(results)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines))
     log.info("wrote %s", report)

@@ -173,8 +173,9 @@ def test_http_loop_retries_429_and_counts_failures() -> None:
     calls: dict[str, int] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
-        user = json.loads(request.content)["user_id"]
-        assert request.headers["x-api-key"] == "KEY"
+        sent = json.loads(request.content)
+        user = sent["user_id"]
+        assert request.headers["x-api-key"] == "KEY" and sent["variant"] == "fp16" and sent["k"] == 5
         calls[user] = calls.get(user, 0) + 1
         if user == "slow" and calls[user] < 3:
             return httpx.Response(429, headers={"retry-after": "0"}, json={"error": "rate limit"})
@@ -195,10 +196,17 @@ def test_http_loop_retries_429_and_counts_failures() -> None:
 
     served = asyncio.run(
         fetch_lists(
-            "http://folio", ["slow", "broken", "new"], 5, "KEY", 2, transport=httpx.MockTransport(answer)
+            "http://folio",
+            ["slow", "broken", "new"],
+            5,
+            "KEY",
+            2,
+            transport=httpx.MockTransport(answer),
+            variant="fp16",
         )
     )
     assert served.lists == {"slow": ["b1"], "new": ["b1"]}
     assert calls["slow"] == 3 and served.retries_429 == 2
     assert served.failures == {"503": 1} and served.cold_start == 1
     assert served.model_versions == {"folio:v1": 2} and served.fallback == {"none": 2}
+    assert served.precisions == {"int8": 2}
