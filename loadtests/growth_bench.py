@@ -164,8 +164,10 @@ def trained_version(tag: str) -> tuple[str, dict[str, Any]]:
     }
 
 
-def n_items_of(tag: str) -> int:
-    return int(json.loads((Path(store.get(tag).path) / "ranker.json").read_text())["n_items"])
+def ranker_meta(tag: str) -> dict[str, Any]:
+    """The version's ranker.json: n_items, and the candidate count it was trained with."""
+    meta: dict[str, Any] = json.loads((Path(store.get(tag).path) / "ranker.json").read_text())
+    return meta
 
 
 def measure(tag: str, candidates: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -271,14 +273,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Open loop at {rps:g} requests/s for {secs:g} s per point, cache off (every request retrieves, "
         "ranks on the embedded Triton INT8 and applies the rules), known users, one worker; synthetic "
-        "versions (loadtests/synthetic_model.py). Memory: the `bentoml serve` tree (supervisor, worker, "
-        "tritonserver, Python-backend stubs), peak sample.",
+        f"versions (loadtests/synthetic_model.py) at {DEFAULT_CANDIDATES} candidates, trained versions "
+        "(`--tags`, listed first) at the count they were trained with. Memory: the `bentoml serve` tree "
+        "(supervisor, worker, tritonserver, Python-backend stubs), peak sample.",
         "",
         "| version | items | index | build s | ONNX int8 MB | start s | p50 ms | p95 ms | p99 ms | rps done "
         "| errors | fallbacks | RSS GiB | PSS GiB | load avg |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
-    for r in sizes:
+    for r in [*result.get("trained", []), *sizes]:
         lines.append(
             f"| {r.get('dataset', 'synthetic')} | {r['n_items']:,} | {r['index']} "
             f"| {r['build_s']:.0f}{'' if r['built_now'] else ' (stored)'} "
@@ -387,16 +390,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     size_rows: list[dict[str, Any]] = []
     cand_rows: list[dict[str, Any]] = []
+    trained_rows: list[dict[str, Any]] = []  # --tags: real versions, kept out of the synthetic sweep
     builds: dict[int, tuple[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="folio-growth-") as tmp:
         work = Path(tmp)
         for tag in [t for t in args.tags.split(",") if t]:
             tag, info = trained_version(tag)
-            n = n_items_of(tag)
-            log.info("%s (%s, %d items): serving with its trained candidate count", tag, info["dataset"], n)
-            row = {"n_items": n, **info, **measure(tag, DEFAULT_CANDIDATES, args, work)}
+            meta = ranker_meta(tag)
+            n, c = int(meta["n_items"]), int(meta.get("candidates", DEFAULT_CANDIDATES))
+            log.info("%s (%s, %d items): serving with its %d trained candidates", tag, info["dataset"], n, c)
+            row = {"n_items": n, **info, **measure(tag, c, args, work)}
             log.info("%s: p99 %.1f ms, RSS %.2f GiB", tag, row["p99_ms"], row["rss_gib"])
-            size_rows.append(row)
+            trained_rows.append(row)
         for n in sizes:
             builds[n] = version_for(n)
             tag, info = builds[n]
@@ -418,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "warmup_seconds": args.warmup_seconds,
         "sizes": size_rows,
         "candidates": cand_rows,
+        "trained": trained_rows,
         "total_s": round(time.perf_counter() - started, 1),
     }
     result["summary"] = summary(size_rows, cand_rows)

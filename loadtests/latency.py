@@ -40,7 +40,7 @@ def table(rows: dict[str, list[float]]) -> str:
 
 async def in_process(args: argparse.Namespace) -> list[str]:
     settings = Settings(model_tag=args.tag, precision=args.precision, cache_ttl_s=0)
-    limit_numeric_threads(settings.numeric_threads)  # as service.py does: one BLAS/OpenMP thread
+    limit_numeric_threads(settings.numeric_threads)  # as service.py does (FOLIO_NUMERIC_THREADS)
     model = artifacts.load(artifacts.resolve(settings.model_tag))
     users = [u for u, h in model.train_histories.items() if len(h) >= settings.cold_start_threshold]
     with tempfile.TemporaryDirectory() as tmp:

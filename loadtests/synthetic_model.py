@@ -312,10 +312,7 @@ def _fit_ranker(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = cands.items.shape[1]
-    labels = np.stack(
-        [np.isin(cands.items[i], target.indices[target.indptr[u] : target.indptr[u + 1]])
-         for i, u in enumerate(cands.users)]
-    ).astype(np.float32)  # fmt: skip
+    labels = cands.labels(target)
     sample = np.arange(min(cands.users.size, 256))
     ranker.fit_normalizer(
         torch.from_numpy(cands.items[sample].reshape(-1)),

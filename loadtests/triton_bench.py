@@ -78,7 +78,7 @@ PRECISIONS = ("int8", "fp16", "fp32")
 SERVICE_CONFIG: dict[str, Any] = {  # render_triton's defaults: what the service serves
     "dynamic_batching": True,
     "max_batch_size": 64,
-    "max_queue_delay_us": 500,
+    "max_queue_delay_us": 100,
     "instances": 1,
     "intra_op_threads": 1,
     "preferred_batch_sizes": (),

@@ -8,7 +8,8 @@ where rank is its position in the ranked list (0 = best), so ``penalty`` reads i
 book of a genre must rank 4 places above the best book of another genre to be shown before it. Items
 without a genre ("") are never penalized. A genre holding ``cap`` items is skipped until nothing else
 is left. penalty 0 with cap >= k returns the ranking unchanged. Training picks the default penalty on
-validation (training/experiment.py, the largest that costs at most DIVERSITY_NDCG_BUDGET NDCG@10) and
+validation (training/experiment.choose_penalty: the largest whose per-user paired NDCG@10 cost stays
+within DIVERSITY_NDCG_BUDGET at mean + 2 standard errors) and
 the version carries it; serving reads it (runners/rules.py).
 """
 

@@ -185,18 +185,22 @@ def _served_section(results: Path) -> list[str]:
         "configured ('rules-off': FOLIO_DIVERSITY_PENALTY=0).",
         "",
         "| run | precision served | Folio NDCG@10 | Folio Recall@10 | Folio Hit@10 | Folio coverage@10 | "
-        "EASE NDCG@10 | EASE Recall@10 | Folio vs EASE | users | fallbacks |",
+        "EASE NDCG@10 | EASE Recall@10 | Folio vs EASE (NDCG) | users | fallback share |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in files:
         d = json.loads(f.read_text())
+        k = int(d.get("k", 10))
         folio, ease = (d["rows"][n] for n in SERVED_ROWS)
         svc = d["service"]
+        rel = d.get("relative_ndcg_vs_ease")
+        fallback = svc.get("fallback_share")
         lines.append(
-            f"| {f.stem} | {', '.join(svc.get('precisions', {})) or '?'} | {folio['ndcg@10']:.4f} | "
-            f"{folio['recall@10']:.4f} | {folio['hit@10']:.4f} | {folio['coverage@10']:.4f} | "
-            f"{ease['ndcg@10']:.4f} | {ease['recall@10']:.4f} | {100 * d['relative_ndcg_vs_ease']:+.1f}% | "
-            f"{int(folio['users'])} | {svc['fallback']} |"
+            f"| {f.stem} | {', '.join(svc.get('precisions', {})) or '?'} | {folio[f'ndcg@{k}']:.4f} | "
+            f"{folio[f'recall@{k}']:.4f} | {folio[f'hit@{k}']:.4f} | {folio[f'coverage@{k}']:.4f} | "
+            f"{ease[f'ndcg@{k}']:.4f} | {ease[f'recall@{k}']:.4f} | "
+            f"{'' if rel is None else f'{100 * rel:+.1f}%'} | {int(folio['users'])} | "
+            f"{'' if fallback is None else f'{fallback:.1%}'} |"
         )
     return [*lines, ""]
 

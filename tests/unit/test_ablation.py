@@ -27,7 +27,9 @@ def test_ablation_rows_and_report(synthetic_dir: Path, tmp_path: Path):
     cfg = replace(TINY, ranker=replace(TINY.ranker, extra_folds=1, epochs=3))
     data = ablate(load_dataset(str(synthetic_dir)), cfg)
     rows = {r["row"]: r for r in data["rows"]}
-    assert {name for name, _, _ in STEPS} | {DEFAULT_ROW, "retrieval model alone"} <= set(rows)
+    assert {name for name, _ in STEPS} | {DEFAULT_ROW, "retrieval model alone"} <= set(rows)
+    # masking is real: the ranker reading retrieval features only ranks differently from every source
+    assert rows[STEPS[0][0]]["test"] != rows[STEPS[-1][0]]["test"]
     for r in data["rows"]:
         for split in ("valid", "test"):
             assert 0.0 <= r[split]["ndcg@10"] <= 1.0 and 0.0 <= r[split]["recall@10"] <= 1.0
@@ -47,11 +49,12 @@ def test_ablation_rows_and_report(synthetic_dir: Path, tmp_path: Path):
     served = {
         "rows": {"Folio (served over HTTP)": m, "EASE (same data)": m, "MostPop": m},
         "relative_ndcg_vs_ease": 0.0,
-        "service": {"precisions": {"fp16": 10}, "fallback": {"none": 10}},
+        "k": 10,
+        "service": {"precisions": {"fp16": 10}, "fallback_share": 0.0},
     }
     (results / "served" / "books-rules-off-fp16.json").write_text(json.dumps(served))
     report = tmp_path / "quality.md"
     write_report(results, report)
     text = report.read_text()
     assert f"### Ablation ({data['dataset']}" in text and "## Served over HTTP" in text
-    assert "| books-rules-off-fp16 | fp16 | 0.3000 |" in text
+    assert "| books-rules-off-fp16 | fp16 | 0.3000 |" in text and "| +0.0% | 10 | 0.0% |" in text

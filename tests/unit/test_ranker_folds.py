@@ -21,11 +21,13 @@ def test_extra_folds_skip_the_holdout_and_never_see_test(trained: RunResult):
     assert len(folds) == 2
     pool = user_item_matrix(ds.interactions, np.concatenate([s.train, s.valid]), n_items)
     test = user_item_matrix(ds.interactions, s.test, n_items)
+    held_valid = user_item_matrix(ds.interactions, s.valid, n_items)[hold]
     targets = []
     for cands, target in folds:
         assert cands.users.size > 0 and not np.isin(cands.users, hold).any()
         assert target.multiply(test).nnz == 0  # test interactions are never a fold's positives
         assert (target - target.multiply(pool)).nnz == 0  # positives come from train + valid
+        assert target[hold].multiply(held_valid).nnz == 0  # the holdout's validation items stay out
         labels = cands.labels(target)
         assert labels.sum() > 0  # the fold's models find some of its held-back items
         targets.append(target)
@@ -57,7 +59,7 @@ def test_penalty_choice_needs_a_cost_bound_within_budget():
     rng = np.random.default_rng(0)
     off = rng.random(200)
     free = off.copy()  # reorders nothing that matters: any budget admits it
-    noisy = off - rng.normal(0.003, 0.05, 200)  # costs 0.003 on average with a wide spread
+    noisy = off - rng.normal(0.003, 0.05, 200)  # a cost the mean alone would accept, the bound refuses
     assert choose_penalty({0.0: off, 1.0: free, 2.0: free}, budget=0.003) == 2.0
     assert choose_penalty({0.0: off, 1.0: free, 5.0: noisy}, budget=0.003) == 1.0
     assert choose_penalty({0.0: off, 5.0: noisy}, budget=0.003) == 0.0
