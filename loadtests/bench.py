@@ -24,6 +24,7 @@ import importlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes (a smoke run)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--out", type=Path, help="default: docs, or .folio/bench-quick with --quick")
+    parser.add_argument(
+        "--args", default="", help="extra flags for the scenarios of --only, e.g. --args='--rps 100' (growth)"
+    )
     args = parser.parse_args(argv)
     if unknown := set(args.only.split(",")) - set(SCENARIOS):
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
@@ -92,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only.split(","):
         module, _ = SCENARIOS[name]
         started = time.monotonic()
-        flags = ["--out", str(data_dir), *(QUICK[name] if args.quick else [])]
+        extra = shlex.split(args.args)
+        flags = ["--out", str(data_dir), *(QUICK[name] if args.quick else []), *extra]
         result = importlib.import_module(module).main(flags)
         runs[name] = {
+            "args": " ".join(extra),
             "seconds": round(time.monotonic() - started),
             "json": f"benchmarks/{name}.json",
             "commit": info["commit"],
@@ -106,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, (module, title) in SCENARIOS.items():
         if run := runs.get(name):
             when = f"{run['date']}, commit {run['commit']}, {run['seconds']} s"
+            cmd = " ".join(["python -m", module, *([run["args"]] if run.get("args") else [])])
             sections.append(
-                f"## {title}\n\n`python -m {module}` ({when})\n\n{run['markdown']}\n\n"
+                f"## {title}\n\n`{cmd}` ({when})\n\n{run['markdown']}\n\n"
                 f"![{name}](benchmarks/{name}.png)\n"
             )
     command = f"python -m loadtests.bench{' --quick' if args.quick else ''}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.item_item import ItemItem, UserScores
+from models.item_item import ItemItem
 
 RETRIEVAL = "retrieval"
 PER_SOURCE = ("score", "relative", "log_rank")
@@ -85,12 +85,13 @@ def user_candidates(
     ``retrieval_top``: the retrieval model's best items outside ``excluded`` (int64, best first);
     ``ratings``: rating weights of ``history`` (``rating_weight``); ``excluded``: bool [n_items].
     """
-    sources: list[UserScores] = item_item.scores(history, ratings) if item_item else []
     tops = [retrieval_top[:n]]
-    if sources:
-        tops.append(sources[0].top(n, excluded))
+    generator = item_item.generator_scores(history, ratings) if item_item else None
+    if generator is not None:
+        tops.append(generator.top(n, excluded))
     items = merge(tops, n)
     cols = [item_vectors[items] @ user_vector.astype(np.float32)]
-    cols += [s.at(items) for s in sources]
+    if item_item:
+        cols += list(item_item.scores_at(history, ratings, items, generator))
     feats = np.concatenate([_source_features(c.astype(np.float32)) for c in cols], axis=1)
     return UserCandidates(items, feats.astype(np.float32))

@@ -14,13 +14,22 @@ positive weights only, 0.2645). A sparse matrix costs ``SPARSE_K`` x 8 bytes per
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 DENSE_MAX_ITEMS = 8192
 SPARSE_K = 256
+# Dense matrices up to this size also keep a transposed copy in memory (``prepare``, or at first use; never
+# saved): a source read at the candidates only then costs the candidates' rows of the transpose instead
+# of the history's rows, whatever the history's length. On ML-1M (3,123 items) a 650-item history costs
+# 0.31 ms a matrix that way against 0.96 ms through its rows; each copy costs n_items x 4 bytes per item
+# (12.5 kB per item and matrix on ML-1M, 16 kB at this bound).
+TRANSPOSE_MAX_ITEMS = 4096
+# Histories up to this length (or the candidate count, if larger) read their own rows: streaming fewer
+# rows than the candidates' beats the transpose (ML-1M, 200 candidates: 0.27 vs 0.23 ms at 200 items).
+SHORT_HISTORY = 200
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,14 @@ class ItemItem:
 
     matrices: dict[str, Matrix]
     sources: tuple[Source, ...]
+    _transposed: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, object]:  # pickles (training runs) leave the transposes out
+        return {"matrices": self.matrices, "sources": self.sources, "_transposed": {}}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     @property
     def n_items(self) -> int:
@@ -145,6 +162,49 @@ class ItemItem:
                 cache[key] = user_scores(self.matrices[s.matrix], history, ratings if s.rated else ones)
             out.append(cache[key])
         return out
+
+    def generator_scores(self, history: np.ndarray, ratings: np.ndarray) -> UserScores:
+        """The first source's scores over every item: the source that generates candidates."""
+        s = self.sources[0]
+        return user_scores(self.matrices[s.matrix], history, ratings if s.rated else np.ones_like(ratings))
+
+    def scores_at(
+        self, history: np.ndarray, ratings: np.ndarray, items: np.ndarray, generator: UserScores | None = None
+    ) -> np.ndarray:
+        """float32 [len(sources), len(items)]: every source's scores at ``items`` (what ranking reads);
+        ``generator``: ``generator_scores`` of the same history, reused for the first source's key."""
+        ones = np.ones(history.size, np.float32)
+        first = self.sources[0]
+        done: dict[tuple[str, bool], np.ndarray] = {}
+        if generator is not None:
+            done[(first.matrix, first.rated)] = generator.at(items)
+        out = np.zeros((len(self.sources), items.size), np.float32)
+        for j, s in enumerate(self.sources):
+            key = (s.matrix, s.rated)
+            if key not in done:
+                done[key] = self._at(s.matrix, history, ratings if s.rated else ones, items)
+            out[j] = done[key]
+        return out
+
+    def _at(self, name: str, history: np.ndarray, weights: np.ndarray, items: np.ndarray) -> np.ndarray:
+        m = self.matrices[name]
+        dense = isinstance(m, np.ndarray) and m.shape[0] <= TRANSPOSE_MAX_ITEMS
+        if not dense or history.size <= max(SHORT_HISTORY, items.size):
+            return user_scores(m, history, weights).at(items)
+        t = self._transposed.get(name)
+        if t is None:
+            t = self._transposed[name] = np.ascontiguousarray(np.asarray(m).T)
+        return (t[items][:, history] @ weights.astype(np.float32)).astype(np.float32)
+
+    def prepare(self) -> None:
+        """Build the transposed copies now (serving: at load, so no request pays for them)."""
+        for name, m in self.matrices.items():
+            if (
+                isinstance(m, np.ndarray)
+                and m.shape[0] <= TRANSPOSE_MAX_ITEMS
+                and name not in self._transposed
+            ):
+                self._transposed[name] = np.ascontiguousarray(m.T)
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {}

@@ -82,6 +82,7 @@ def load(model: bentoml.Model) -> ServedModel:
     )
     weights = RetrievalWeights.load(str(path / "retrieval.npz"))
     item_item = ItemItem.load(path / "item_item.npz")
+    item_item.prepare()  # the transposed copies the candidate scoring reads (models/item_item.py)
     index = faiss.read_index(str(path / "items.faiss"))
     popularity = np.load(path / "popularity.npy").astype(np.float32)
     n = len(catalog)

@@ -109,3 +109,32 @@ def test_candidates_follow_the_block_structure() -> None:
     col = feature_names(ii).index("ease.score")
     np.testing.assert_allclose(c.features[:, col], b[history].sum(0)[c.items], rtol=1e-4, atol=1e-6)
     assert c.features[:, feature_names(ii).index("ease.log_rank")].min() == 0.0
+
+
+def test_scores_at_the_candidates_equal_the_full_scores(dense: np.ndarray, monkeypatch) -> None:
+    import pickle
+
+    import models.item_item as ii
+
+    model = ItemItem(
+        {"a": dense, "b": sparsify(dense, 4)},
+        (Source("a", "a", False), Source("a_rated", "a", True), Source("b", "b", False)),
+    )
+    items = np.array([7, 0, 29, 3])
+    rng = np.random.default_rng(0)
+    long = np.sort(rng.choice(30, 20, replace=False))
+    cases = [
+        (np.array([1, 2, 5]), np.array([1.0, 3.0, 2.0], np.float32)),
+        (long, rng.random(20).astype(np.float32)),
+    ]
+    cases.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
+    for short in (ii.SHORT_HISTORY, 2):  # both paths: through the history's rows, through the transpose
+        monkeypatch.setattr(ii, "SHORT_HISTORY", short)
+        for h, r in cases:
+            want = np.stack([s.at(items) for s in model.scores(h, r)])
+            gen = model.generator_scores(h, r)
+            for got in (model.scores_at(h, r, items), model.scores_at(h, r, items, gen)):
+                assert got.shape == (3, 4) and got.dtype == np.float32
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert set(model._transposed) == {"a"}  # the dense matrix's transpose was built once and kept
+    assert not pickle.loads(pickle.dumps(model))._transposed  # and is never pickled
