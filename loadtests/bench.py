@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             when = f"{run['date']}, commit {run['commit']}, {run['seconds']} s"
             cmd = " ".join(["python -m", module, *([run["args"]] if run.get("args") else [])])
             sections.append(
-                f"## {title}\n\n`{cmd}` ({when})\n\n{run['markdown']}\n\n"
-                f"![{name}](benchmarks/{name}.png)\n"
+                f"## {title}\n\n`{cmd}` ({when})\n\n{run['markdown']}\n\n![{name}](benchmarks/{name}.png)\n"
             )
     command = f"python -m loadtests.bench{' --quick' if args.quick else ''}"
     header = (
