@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     info = machine()
     runs = {} if args.quick else kept_runs(data_dir / "summary.json")
+    extra = shlex.split(args.args)
     for name in args.only.split(","):
         module, _ = SCENARIOS[name]
         started = time.monotonic()
-        extra = shlex.split(args.args)
         flags = ["--out", str(data_dir), *(QUICK[name] if args.quick else []), *extra]
         result = importlib.import_module(module).main(flags)
         runs[name] = {

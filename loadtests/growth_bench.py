@@ -147,13 +147,17 @@ def version_for(n_items: int) -> tuple[str, dict[str, Any]]:
 
 
 def trained_version(tag: str) -> tuple[str, dict[str, Any]]:
-    """(tag, info) of a trained version (``--tags``), in ``version_for``'s shape."""
+    """(tag, info) of a trained version (``--tags``), in ``version_for``'s shape, plus its item count and
+    the candidate count it was trained with (ranker.json)."""
     model = store.get(tag)
     meta: Any = model.info.metadata
     path = Path(model.path)
     index: Any = meta.get("index", {})
+    ranker = json.loads((path / "ranker.json").read_text())
     return tag, {
         "tag": tag,
+        "n_items": int(ranker["n_items"]),
+        "trained_candidates": int(ranker.get("candidates", DEFAULT_CANDIDATES)),
         "dataset": str(model.info.labels.get("dataset", "?")),
         "built_now": False,
         "build_s": round(float(sum((meta.get("seconds") or {}).values())), 1),
@@ -162,12 +166,6 @@ def trained_version(tag: str) -> tuple[str, dict[str, Any]]:
         "onnx_mb": {v: round((path / f"ranker_{v}.onnx").stat().st_size / 2**20, 1) for v in ("int8",)},
         "store_mb": round(sum(f.stat().st_size for f in path.iterdir()) / 2**20, 1),
     }
-
-
-def ranker_meta(tag: str) -> dict[str, Any]:
-    """The version's ranker.json: n_items, and the candidate count it was trained with."""
-    meta: dict[str, Any] = json.loads((Path(store.get(tag).path) / "ranker.json").read_text())
-    return meta
 
 
 def measure(tag: str, candidates: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -396,10 +394,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmp)
         for tag in [t for t in args.tags.split(",") if t]:
             tag, info = trained_version(tag)
-            meta = ranker_meta(tag)
-            n, c = int(meta["n_items"]), int(meta.get("candidates", DEFAULT_CANDIDATES))
+            n, c = info["n_items"], info["trained_candidates"]
             log.info("%s (%s, %d items): serving with its %d trained candidates", tag, info["dataset"], n, c)
-            row = {"n_items": n, **info, **measure(tag, c, args, work)}
+            row = {**info, **measure(tag, c, args, work)}
             log.info("%s: p99 %.1f ms, RSS %.2f GiB", tag, row["p99_ms"], row["rss_gib"])
             trained_rows.append(row)
         for n in sizes:

@@ -187,24 +187,24 @@ class ItemItem:
         return out
 
     def _at(self, name: str, history: np.ndarray, weights: np.ndarray, items: np.ndarray) -> np.ndarray:
-        m = self.matrices[name]
-        dense = isinstance(m, np.ndarray) and m.shape[0] <= TRANSPOSE_MAX_ITEMS
-        if not dense or history.size <= max(SHORT_HISTORY, items.size):
-            return user_scores(m, history, weights).at(items)
-        t = self._transposed.get(name)
+        t = self._transpose(name) if history.size > max(SHORT_HISTORY, items.size) else None
         if t is None:
-            t = self._transposed[name] = np.ascontiguousarray(np.asarray(m).T)
+            return user_scores(self.matrices[name], history, weights).at(items)
         return (t[items][:, history] @ weights.astype(np.float32)).astype(np.float32)
+
+    def _transpose(self, name: str) -> np.ndarray | None:
+        """The matrix's transposed copy, built at first use; None for a sparse or too large one."""
+        m = self.matrices[name]
+        if not isinstance(m, np.ndarray) or m.shape[0] > TRANSPOSE_MAX_ITEMS:
+            return None
+        if name not in self._transposed:
+            self._transposed[name] = np.ascontiguousarray(m.T)
+        return self._transposed[name]
 
     def prepare(self) -> None:
         """Build the transposed copies now (serving: at load, so no request pays for them)."""
-        for name, m in self.matrices.items():
-            if (
-                isinstance(m, np.ndarray)
-                and m.shape[0] <= TRANSPOSE_MAX_ITEMS
-                and name not in self._transposed
-            ):
-                self._transposed[name] = np.ascontiguousarray(m.T)
+        for name in self.matrices:
+            self._transpose(name)
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {}

@@ -63,8 +63,10 @@ def _metrics(m: dict[str, float]) -> dict[str, float]:
 
 
 def source_costs(r: RunResult) -> dict[str, dict[str, float]]:
-    """Per item-item source: median ms per request to score a test user's history, in process; and the
-    bytes per item of its matrix (a matrix two sources share is counted once, for the first)."""
+    """Per item-item source: median ms per request to score a test user's history, in process, through
+    the history's rows (what serving does for every history up to the candidate count, the median
+    user's; longer ones read a transposed copy, models/item_item.py); and the bytes per item of its
+    matrix (a matrix two sources share is counted once, for the first)."""
     fold, ii = r.test_fold, r.item_item
     users = fold.users[:COST_USERS]
     rated = fold.rated

@@ -211,9 +211,8 @@ def train_ranker(
     parts = [(cands.take(~hold), target), *extra]
     pool = Candidates.concat([c for c, _ in parts])
     labels = np.concatenate([c.labels(t) for c, t in parts])
-    fit = np.flatnonzero(
-        labels.sum(1) > 0
-    )  # users without a positive among candidates teach nothing listwise
+    # lists without a positive among the candidates teach nothing listwise
+    fit = np.flatnonzero(labels.sum(1) > 0)
     n = pool.items.shape[1]
     hold_c = cands.take(hold)
     model = Ranker(spec, tables, cfg.width)
