@@ -19,11 +19,12 @@ shapes and structure a trained version has, and written with the project's own c
 * FAISS index: training.index.build_index (exact up to 100k items, IVF-Flat above);
 * item-item sources (``item_item.npz``, models.item_item.ItemItem): the layout training.item_item gives
   a catalog of that size, EASE (``ease``, and ``ease_rated`` on the same matrix with rating weights)
-  plus ItemKNN (``knn``) up to training.item_item.EASE_MAX_ITEMS items, ItemKNN alone above (training
-  inverts no n_items x n_items matrix there). Each matrix has, per item, ``SPARSE_K`` distinct random
-  neighbours (about 80% from its primary genre, the rest Zipf-popular items of the whole catalog, never
-  itself; fewer in a small catalog), EASE-like signed or cosine-like positive weights, stored as
-  training stores a matrix (models.item_item: dense up to DENSE_MAX_ITEMS items, CSR rows above);
+  plus the timeline neighbours (``timeline``) up to training.item_item.EASE_MAX_ITEMS items, those
+  alone above (training inverts no n_items x n_items matrix there). Each matrix has, per item,
+  ``SPARSE_K`` distinct random neighbours (about 80% from its primary genre, the rest Zipf-popular items
+  of the whole catalog, never itself; fewer in a small catalog), EASE-like signed or cosine-like
+  positive weights, stored as training stores a matrix (models.item_item: dense up to DENSE_MAX_ITEMS
+  items, CSR rows above);
 * ranker: models.ranker.Ranker (an MLP, item tables inside the graph, the candidate features of
   models.candidates.feature_names(item_item) as its 4th input), randomly initialized with its feature
   normalizer fitted on the candidates training.pipeline.retrieve generates (models.candidates: FAISS-
@@ -188,10 +189,10 @@ def _rating_weights(rng: np.random.Generator, hists: list[np.ndarray]) -> list[n
 def item_item_sources(n_items: int) -> tuple[Source, ...]:
     """The sources training.item_item.fit_item_item serves at this catalog size (EASE only up to
     EASE_MAX_ITEMS items); ``sources[0]`` generates candidates."""
-    knn = Source("knn", "knn", rated=False)
+    timeline = Source("timeline", "timeline", rated=False)
     if n_items > EASE_MAX_ITEMS:
-        return (knn,)
-    return (Source("ease", "ease", rated=False), Source("ease_rated", "ease", rated=True), knn)
+        return (timeline,)
+    return (Source("ease", "ease", rated=False), Source("ease_rated", "ease", rated=True), timeline)
 
 
 def synthetic_rows(

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ranker: retrieval features only", (RETRIEVAL,)),
     ("+ EASE at three strengths", (RETRIEVAL, *EASE_PLAIN)),
     ("+ rating-weighted EASE", (RETRIEVAL, *EASE_PLAIN, *EASE_RATED)),
-    ("+ ItemKNN (every source)", (RETRIEVAL, *EASE_PLAIN, *EASE_RATED, "knn")),
+    ("+ timeline neighbours (every source)", (RETRIEVAL, *EASE_PLAIN, *EASE_RATED, "timeline")),
 )
 DEFAULT_ROW = "+ extra ranker folds (the default pipeline)"
 COST_USERS = 300
@@ -56,6 +57,17 @@ def masked(c: Candidates, feature_names: tuple[str, ...], sources: tuple[str, ..
     feats = c.cand_features.copy()
     feats[..., ~keep] = 0.0
     return Candidates(c.users, c.items, c.features, feats)
+
+
+def _source_alone(m: np.ndarray, rated: bool, f: Fold, users: np.ndarray) -> np.ndarray:
+    """Full-ranking scores of one dense item-item source for ``users`` (rated: rating-weighted history)."""
+    x = (f.rated if rated else f.train)[users]
+    return np.stack(
+        [
+            user_scores(m, x.indices[a:b], x.data[a:b]).values
+            for a, b in zip(x.indptr[:-1], x.indptr[1:], strict=True)
+        ]
+    )
 
 
 def _metrics(m: dict[str, float]) -> dict[str, float]:
@@ -118,14 +130,10 @@ def ablate(dataset: Dataset, cfg: TrainConfig) -> dict[str, Any]:
     full_ranking(
         "retrieval model alone", lambda f, ub: w.user_vectors(histories(f.train, ub)) @ w.item_vectors.T
     )
-    ease = r.item_item.matrices[r.item_item.sources[0].matrix]
-    if isinstance(ease, np.ndarray):  # the first source scores every item only when dense
-        full_ranking(
-            f"{r.item_item.sources[0].name} alone",
-            lambda f, ub: np.stack(
-                [user_scores(ease, h, np.ones(h.size, np.float32)).values for h in histories(f.train, ub)]
-            ),
-        )
+    for s in r.item_item.sources:
+        m = r.item_item.matrices[s.matrix]
+        if isinstance(m, np.ndarray):  # a sparse source scores the items its rows reach only
+            full_ranking(f"{s.name} alone", partial(_source_alone, m, s.rated))
     in_hold = np.isin(r.valid_candidates.users, hold)
     holdout = r.valid_candidates.take(in_hold)
     rows.append(
@@ -143,7 +151,7 @@ def ablate(dataset: Dataset, cfg: TrainConfig) -> dict[str, Any]:
         sources = tuple(s for s in wanted if s in available)
         added = [s for s in sources if s not in previous]
         if previous and not added:
-            continue  # the catalog lacks the step's sources (ItemKNN only above EASE_MAX_ITEMS)
+            continue  # the catalog lacks the step's sources (no EASE above EASE_MAX_ITEMS)
         previous |= set(sources)
         t = time.perf_counter()
         ranker, valid_m = train_ranker(

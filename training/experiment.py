@@ -53,9 +53,7 @@ class TrainConfig:
     ease_regs: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
     knn_ks: tuple[int, ...] = (50, 100, 200)
     baselines: bool = True
-    # item-item sources when the baselines are not tuned (cfg.baselines False)
-    default_ease_reg: float = 500.0
-    default_knn_k: int = 200
+    default_ease_reg: float = 500.0  # EASE's lambda for the item-item sources when baselines are skipped
 
 
 @dataclass
@@ -79,7 +77,7 @@ class RunResult:
     test_fold: Fold
     ranker_train: Candidates  # calibration data for static INT8 quantization
     diversity: dict[str, Any]  # chosen penalty and the accuracy/diversity curve (valid holdout and test)
-    choices: dict[str, float]  # item-item hyper-parameters chosen on validation (ease_reg, knn_k)
+    choices: dict[str, float]  # item-item hyper-parameters chosen on validation (ease_reg)
     hold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ranker holdout
     # training/ranker_folds.py: the extra (candidates, target) lists the ranker trained on
     ranker_folds: list[tuple[Candidates, sp.csr_matrix]] = field(default_factory=list)
@@ -171,8 +169,7 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
 
     t = time.perf_counter()
     ease_reg = tuned.get("EASE", cfg.default_ease_reg)
-    knn_k = int(tuned.get("ItemKNN", cfg.default_knn_k))
-    item_item = fit_item_item(val.train, val.rated, ease_reg, knn_k)
+    item_item = fit_item_item(val.train, val.rated, val.places, ease_reg)
     seconds["item_item"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -186,7 +183,7 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
     seconds["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
     extra = ranker_folds(
-        ds, s, cfg.ranker.extra_folds, cfg.seed, cfg.retrieval, epochs, ease_reg, knn_k, tables, hold_users, n
+        ds, s, cfg.ranker.extra_folds, cfg.seed, cfg.retrieval, epochs, ease_reg, tables, hold_users, n
     )
     seconds["ranker_folds"] = time.perf_counter() - t
 
@@ -265,7 +262,7 @@ def run(raw: Dataset, cfg: TrainConfig) -> RunResult:
         test_fold=test,
         ranker_train=fit,
         diversity=diversity,
-        choices={"ease_reg": ease_reg, "knn_k": float(knn_k)},
+        choices={"ease_reg": ease_reg},
         hold_users=hold_users,
         ranker_folds=extra,
         seconds=seconds,

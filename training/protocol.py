@@ -150,15 +150,33 @@ def weight_matrix(inter: Interactions, rows: np.ndarray, n_items: int) -> sp.csr
     return m
 
 
+def timeline_matrix(inter: Interactions, rows: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """users x items CSR whose value is the interaction's place in its user's timeline (1 = first):
+    ordered by timestamp, then by row (file order: interactions without a timestamp keep it, after the
+    dated ones). A repeated (user, item) keeps its first place."""
+    rows = np.asarray(rows)
+    order = rows[np.lexsort((rows, inter.timestamps[rows], inter.users[rows]))]
+    users, items = inter.users[order], inter.items[order]
+    _, first = np.unique(users * np.int64(n_items) + items, return_index=True)
+    keep = np.sort(first)
+    users, items = users[keep], items[keep]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(users)) + 1])
+    place = np.arange(users.size) - np.repeat(starts, np.diff(np.append(starts, users.size))) + 1
+    return sp.csr_matrix((place.astype(np.float32), (users, items)), shape=(inter.n_users, n_items))
+
+
 @dataclass(frozen=True)
 class Fold:
     """Matrices of one split: ``train`` feeds models, ``seen`` is masked, ``target`` is held out;
-    ``weights`` is ``train`` with rating weights as values (None: every interaction weighs the same)."""
+    ``weights`` is ``train`` with rating weights as values (None: every interaction weighs the same);
+    ``timeline`` is ``train`` with each interaction's place in its user's timeline (``timeline_matrix``;
+    None: the matrix's column order)."""
 
     train: sp.csr_matrix
     seen: sp.csr_matrix
     target: sp.csr_matrix
     weights: sp.csr_matrix | None = None
+    timeline: sp.csr_matrix | None = None
 
     @property
     def rated(self) -> sp.csr_matrix:
@@ -167,6 +185,16 @@ class Fold:
             return self.weights
         out = self.train.astype(np.float32, copy=True)
         out.data[:] = rating_weight(None)
+        return out
+
+    @property
+    def places(self) -> sp.csr_matrix:
+        """``timeline``, or ``train`` with each row's items in column order when no timeline is known."""
+        if self.timeline is not None:
+            return self.timeline
+        out = self.train.astype(np.float32, copy=True)
+        out.sort_indices()
+        out.data[:] = np.arange(out.nnz) - np.repeat(out.indptr[:-1], np.diff(out.indptr)) + 1
         return out
 
     @property
@@ -184,4 +212,8 @@ def folds(dataset: Dataset, s: Split) -> tuple[Fold, Fold]:
     valid = user_item_matrix(inter, s.valid, n)
     test = user_item_matrix(inter, s.test, n)
     weights = weight_matrix(inter, s.train, n)
-    return Fold(train, train, valid, weights), Fold(train, (train + valid).tocsr(), test, weights)
+    timeline = timeline_matrix(inter, s.train, n)
+    return (
+        Fold(train, train, valid, weights, timeline),
+        Fold(train, (train + valid).tocsr(), test, weights, timeline),
+    )

@@ -23,7 +23,7 @@ from models.retrieval import RetrievalConfig
 from training.dataset import Dataset
 from training.item_item import fit_item_item
 from training.pipeline import Candidates, retrieve
-from training.protocol import Split, split, user_item_matrix, weight_matrix
+from training.protocol import Split, split, timeline_matrix, user_item_matrix, weight_matrix
 from training.train_retrieval import fit_retrieval
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ def ranker_folds(
     retrieval: RetrievalConfig,
     epochs: int,
     ease_reg: float,
-    knn_k: int,
     tables: ItemTables,
     excluded_users: np.ndarray,
     n: int,
@@ -57,8 +56,9 @@ def ranker_folds(
         train = user_item_matrix(pool, part.train, n_items)
         target = user_item_matrix(pool, part.valid, n_items)
         rated = weight_matrix(pool, part.train, n_items)
+        places = timeline_matrix(pool, part.train, n_items)
         weights = fit_retrieval(train, retrieval, seed + k, epochs)
-        item_item = fit_item_item(train, rated, ease_reg, knn_k)
+        item_item = fit_item_item(train, rated, places, ease_reg)
         users = np.flatnonzero(np.diff(target.indptr) > 0)
         users = users[~np.isin(users, excluded_users)]
         out.append((retrieve(weights, tables, item_item, rated, train, users, n), target))

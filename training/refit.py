@@ -27,7 +27,7 @@ from models.features import genre_matrix, item_tables
 from training.experiment import RunResult, TrainConfig
 from training.item_item import fit_item_item
 from training.pipeline import retrieve
-from training.protocol import user_item_matrix, weight_matrix
+from training.protocol import timeline_matrix, user_item_matrix, weight_matrix
 from training.train_retrieval import fit_retrieval
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ def refit_on_all(run: RunResult, cfg: TrainConfig) -> RunResult:
     every = np.arange(len(ds.interactions))
     x = user_item_matrix(ds.interactions, every, n_items)
     rated = weight_matrix(ds.interactions, every, n_items)
+    places = timeline_matrix(ds.interactions, every, n_items)
     epochs = int(run.valid["Folio retrieval"]["epoch"])
     weights = fit_retrieval(x, cfg.retrieval, run.seed, epochs)
-    item_item = fit_item_item(x, rated, run.choices["ease_reg"], int(run.choices["knn_k"]))
+    item_item = fit_item_item(x, rated, places, run.choices["ease_reg"])
     pop = np.asarray(x.sum(0)).ravel()
     vocab = run.spec.genres
     tables = item_tables(pop, ds.catalog.years, genre_matrix(ds.catalog.genres, vocab))

@@ -12,6 +12,7 @@ from models.candidates import feature_names, merge, rating_weight, user_candidat
 from models.item_item import ItemItem, Source, SparseRows, sparsify, user_scores
 from training.baselines import EASE
 from training.item_item import fit_item_item
+from training.protocol import Fold
 
 
 @pytest.fixture()
@@ -86,14 +87,14 @@ def test_candidates_follow_the_block_structure() -> None:
     x[:20, :10] = np.random.default_rng(1).random((20, 10)) < 0.6
     x[20:, 10:] = np.random.default_rng(2).random((20, 10)) < 0.6
     train = sp.csr_matrix(x)
-    ii = fit_item_item(train, train, ease_reg=5.0, knn_k=5)
+    ii = fit_item_item(train, train, Fold(train, train, train).places, ease_reg=5.0)
     assert [s.name for s in ii.sources] == [
         "ease",
         "ease_rated",
         "ease_weak",
         "ease_strong",
         "ease_fit_rated",
-        "knn",
+        "timeline",
     ]
     history = np.array([0, 1, 2])
     excluded = np.zeros(20, bool)

@@ -17,7 +17,7 @@ def test_extra_folds_skip_the_holdout_and_never_see_test(trained: RunResult):
     vocab = trained.spec.genres
     tables = item_tables(trained.popularity, ds.catalog.years, genre_matrix(ds.catalog.genres, vocab))
     hold = holdout_users(trained.valid_candidates.users, 0.2, TINY.seed)
-    folds = ranker_folds(ds, s, 2, TINY.seed, TINY.retrieval, 5, 10.0, 10, tables, hold, 30)
+    folds = ranker_folds(ds, s, 2, TINY.seed, TINY.retrieval, 5, 10.0, tables, hold, 30)
     assert len(folds) == 2
     pool = user_item_matrix(ds.interactions, np.concatenate([s.train, s.valid]), n_items)
     test = user_item_matrix(ds.interactions, s.test, n_items)

@@ -43,7 +43,7 @@ def test_tiny_synthetic_version_is_servable_and_loads_consistently():
     assert {c["item_id"] for c in served.catalog} == {str(i + 1) for i in range(N_ITEMS)}
 
     # What a trained version holds besides: item-item sources, rating weights, the 4-input ranker.
-    assert [src.name for src in served.item_item.sources] == ["ease", "ease_rated", "knn"]
+    assert [src.name for src in served.item_item.sources] == ["ease", "ease_rated", "timeline"]
     assert served.item_item.n_items == N_ITEMS
     assert all(isinstance(m, np.ndarray) for m in served.item_item.matrices.values())  # dense: small catalog
     assert served.spec.candidate_features == feature_names(served.item_item)
@@ -112,8 +112,8 @@ def test_synthetic_item_item_rows_are_valid_csr_with_k_neighbours():
 def test_synthetic_item_item_round_trips_and_follows_the_training_layout(tmp_path):
     primary, zipf = _catalog(DENSE_MAX_ITEMS + 8)
     item_item = synthetic_item_item(np.random.default_rng(2), primary, zipf)
-    assert [s.name for s in item_item.sources] == ["ease", "ease_rated", "knn"]
-    assert set(item_item.matrices) == {"ease", "knn"}  # ease_rated reads ease with rating weights
+    assert [s.name for s in item_item.sources] == ["ease", "ease_rated", "timeline"]
+    assert set(item_item.matrices) == {"ease", "timeline"}  # ease_rated reads ease with rating weights
     assert all(isinstance(m, SparseRows) for m in item_item.matrices.values())
     item_item.save(tmp_path / "item_item.npz")
     back = ItemItem.load(tmp_path / "item_item.npz")
@@ -125,8 +125,8 @@ def test_synthetic_item_item_round_trips_and_follows_the_training_layout(tmp_pat
         np.testing.assert_array_equal(b.data, m.data)
     # Scores for a history come out at the neighbours only (sparse), and rated differs from plain.
     history = np.array([3, 40, 500], np.int64)
-    plain, rated, knn = back.scores(history, np.array([1.0, 2.0, 3.0], np.float32))
+    plain, rated, timeline = back.scores(history, np.array([1.0, 2.0, 3.0], np.float32))
     assert plain.items is not None and 0 < plain.items.size <= 3 * SPARSE_K
-    assert not np.allclose(plain.values, rated.values) and knn.values.min() > 0
+    assert not np.allclose(plain.values, rated.values) and timeline.values.min() > 0
 
-    assert [s.name for s in item_item_sources(EASE_MAX_ITEMS + 1)] == ["knn"]  # training: no EASE there
+    assert [s.name for s in item_item_sources(EASE_MAX_ITEMS + 1)] == ["timeline"]  # training: no EASE there
