@@ -20,12 +20,16 @@ from starlette.responses import JSONResponse
 from runners import bentoml_fixes
 from runners.artifacts import ModelLoadError
 from runners.bento_image import bento_image
+from runners.catalog import Book, CatalogChange, CatalogState, open_catalog
 from runners.fleet import Fleet, UnknownVariant, primary_tag
 from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
 from runners.lifecycle import Drain
-from runners.recommender import InvalidEvent, UnknownItem
+from runners.recommender import InvalidEvent, UnknownItem, WithdrawnItem
 from runners.recommender import Recommender as Pipeline
 from runners.schemas import (
+    CatalogBooks,
+    CatalogItems,
+    CatalogResponse,
     FeedbackBatch,
     FeedbackEvent,
     FeedbackResponse,
@@ -78,7 +82,8 @@ class Recommender:
             half_life_s=self.settings.trending_half_life_s,
             hash_key=key.get_secret_value().encode() if (key := self.settings.user_hash_key) else None,
         )
-        self.fleet = Fleet(self.settings, self.state)
+        self.catalog = open_catalog(self.state, self.settings.state_dir / "catalog.jsonl")
+        self.fleet = Fleet(self.settings, self.state, self.catalog)
         self.drain = Drain(self.settings.drain_s)
         RUNTIME.settings, RUNTIME.state = self.settings, self.state
         RUNTIME.digests = [d.encode() for d in self.settings.api_keys]
@@ -101,6 +106,7 @@ class Recommender:
     @bentoml.on_shutdown
     async def _stop(self) -> None:
         await self.fleet.close()
+        await self.catalog.close()
         await self.state.close()
 
     async def __is_ready__(self) -> bool:
@@ -156,6 +162,8 @@ class Recommender:
             accepted = await self.pipeline.record(records)
         except UnknownItem as exc:
             return problem(404, str(exc))
+        except WithdrawnItem as exc:
+            return problem(409, str(exc))
         except InvalidEvent as exc:
             return problem(400, str(exc))
         except StateUnavailable:
@@ -214,6 +222,56 @@ class Recommender:
         except (ModelLoadError, store.StoreError) as exc:
             return problem(409, f"refused, still serving {self.model_version}: {exc}")
         return ReloadResponse(model_version=new, previous=previous, request_id=REQUEST_ID.get())
+
+    @bentoml.api(output_spec=CatalogResponse, route="/admin/catalog/books")
+    async def admin_catalog_books(self, request: CatalogBooks, /) -> Any:
+        """Add books or replace known books' records (all or nothing); served at once. Needs API keys."""
+        ids = [b.item_id for b in request.books]
+        if len(set(ids)) < len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            return problem(400, f"item_id {dup!r} appears twice: send each book once; nothing changed")
+        try:
+            changes = [
+                CatalogChange("upsert", b.item_id, Book.from_dict(b.model_dump())) for b in request.books
+            ]
+        except ValueError as exc:
+            return problem(400, f"{exc}; nothing changed")
+        return await self._change_catalog(changes)
+
+    @bentoml.api(output_spec=CatalogResponse, route="/admin/catalog/withdraw")
+    async def admin_catalog_withdraw(self, request: CatalogItems, /) -> Any:
+        """Stop recommending, showing and taking feedback for books, on every worker within a second."""
+        return await self._change_catalog(
+            [CatalogChange("withdraw", i) for i in dict.fromkeys(request.item_ids)]
+        )
+
+    @bentoml.api(output_spec=CatalogResponse, route="/admin/catalog/restore")
+    async def admin_catalog_restore(self, request: CatalogItems, /) -> Any:
+        """Serve withdrawn books again."""
+        return await self._change_catalog(
+            [CatalogChange("restore", i) for i in dict.fromkeys(request.item_ids)]
+        )
+
+    async def _change_catalog(self, changes: list[CatalogChange]) -> Any:
+        if not RUNTIME.digests:
+            return problem(403, "admin endpoints are off: set FOLIO_API_KEYS to enable them")
+        try:
+            state = await self.fleet.change_catalog(changes)
+        except UnknownItem as exc:
+            return problem(404, str(exc))
+        except StateUnavailable:
+            return problem(503, "the state store is unreachable: nothing changed, retry later")
+        return self._catalog_response(state, len(changes))
+
+    def _catalog_response(self, state: CatalogState, changed: int) -> CatalogResponse:
+        return CatalogResponse(
+            revision=state.revision,
+            changed=changed,
+            withdrawn=len(state.withdrawn),
+            added_or_corrected=len(state.books),
+            model_version=self.model_version,
+            request_id=REQUEST_ID.get(),
+        )
 
 
 Recommender.add_asgi_middleware(GuardMiddleware, runtime=RUNTIME)  # type: ignore[attr-defined]

@@ -9,6 +9,10 @@ it has passed its checks; a refused version is logged and the current one keeps 
 An /admin/reload on one worker is applied by every worker: the worker that took it records the version
 (with the production version it overrides) in the shared state store, and every watcher deploys it on
 its next poll. A reload to the version already served is a no-op (no new deployment).
+
+Catalog changes (runners/catalog.py) are followed the same way, faster: every ``catalog_poll_s`` each
+worker reads the catalog revision (one Redis GET) and, when it moved, the catalog state, which every
+deployment (a newly deployed one too) then serves. The worker that made a change applies it at once.
 """
 
 from __future__ import annotations
@@ -23,15 +27,19 @@ from typing import Any
 from starlette.responses import Response
 
 from runners import artifacts
+from runners.catalog import CatalogChange, CatalogLog, CatalogState
 from runners.lifecycle import Deployment, deploy, retire
 from runners.metrics import (
+    CATALOG_REVISION,
+    CATALOG_WITHDRAWN,
     MODEL_RELOADS,
     SHADOW_AGREEMENT,
+    STATE_ERRORS,
     VARIANT_IMPRESSIONS,
     VARIANT_REQUESTS,
     VARIANT_SECONDS,
 )
-from runners.recommender import CachedResult
+from runners.recommender import CachedResult, UnknownItem
 from runners.schemas import RecommendRequest, RecommendResponse
 from runners.settings import PRECISIONS, Settings
 from runners.store import StateStore, StateUnavailable
@@ -53,8 +61,9 @@ def primary_tag(settings: Settings) -> str:
 
 
 class Fleet:
-    def __init__(self, settings: Settings, state: StateStore) -> None:
-        self.settings, self.state = settings, state
+    def __init__(self, settings: Settings, state: StateStore, catalog: CatalogLog) -> None:
+        self.settings, self.state, self.catalog = settings, state, catalog
+        self.catalog_state = CatalogState()
         self.config = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag)
         self.assigner = Assigner(self.config)
         self.deployments: dict[str, Deployment] = {}
@@ -62,6 +71,7 @@ class Fleet:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._catalog_follower: asyncio.Task[None] | None = None
 
     @property
     def primary(self) -> Deployment:
@@ -73,14 +83,20 @@ class Fleet:
             tag = None if spec == PRODUCTION else spec
             self.deployments[spec] = await deploy(self.settings, self.state, tag, require_triton=False)
             log.info("serving %s as %r", self.deployments[spec].tag, spec)
+        try:
+            self.apply_catalog(await self.catalog.state())
+        except StateUnavailable:
+            log.warning("catalog changes unknown at start-up (state store unreachable): following them")
         if PRODUCTION in self.deployments and self.settings.model_watch_s > 0:
             self._watcher = asyncio.create_task(self._watch())
+        self._catalog_follower = asyncio.create_task(self._follow_catalog())
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._catalog_follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -174,6 +190,7 @@ class Fleet:
                 MODEL_RELOADS.labels(outcome="refused").inc()
                 log.error("refused to serve %s, still serving %s: %s", tag, current.tag, exc)
                 raise
+            new.pipeline.set_catalog(self.catalog_state)
             self.deployments[PRODUCTION] = new
             self.last_reload_error = None
             MODEL_RELOADS.labels(outcome="swapped").inc()
@@ -208,6 +225,51 @@ class Fleet:
             except Exception:  # refusals are logged in reload(); keep watching
                 continue
 
+    # ---------------------------------------------------------------- catalog
+    def apply_catalog(self, state: CatalogState) -> None:
+        """Serve ``state`` in every deployment. The follower applies whatever differs (a store that
+        lost its catalog goes back to revision 0); a read older than what a local change applied is
+        corrected by its next poll."""
+        self.catalog_state = state
+        for dep in self.deployments.values():
+            dep.pipeline.set_catalog(state)
+        CATALOG_REVISION.set(state.revision)
+        CATALOG_WITHDRAWN.set(len(state.withdrawn))
+
+    async def change_catalog(self, changes: list[CatalogChange]) -> CatalogState:
+        """Write ``changes`` (all or nothing) and serve them here at once. Raises UnknownItem (nothing
+        written) when a withdrawal or restore names a book no served version knows nor was added."""
+        known = set(self.catalog_state.books) | {c.item_id for c in changes if c.op == "upsert"}
+        unknown = [
+            c.item_id
+            for c in changes
+            if c.op != "upsert"
+            and c.item_id not in known
+            and not any(c.item_id in d.model.position for d in self.deployments.values())
+        ]
+        if unknown:
+            shown = ", ".join(repr(u) for u in dict.fromkeys(unknown[:5]))
+            raise UnknownItem(
+                f"unknown item_id {shown}: in no served version's catalog nor added; nothing changed"
+            )
+        await self.catalog.append(changes)
+        state = await self.catalog.state()  # at least this change's revision
+        self.apply_catalog(state)
+        return state
+
+    async def _follow_catalog(self) -> None:
+        """Serve catalog changes made by other workers within ``catalog_poll_s`` (plus one read)."""
+        while True:
+            await asyncio.sleep(self.settings.catalog_poll_s)
+            try:
+                if await self.catalog.revision() != self.catalog_state.revision:
+                    self.apply_catalog(await self.catalog.state())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an unreachable store: keep serving what we have, keep following
+                STATE_ERRORS.labels(op="catalog").inc()
+                await asyncio.sleep(1.0)
+
     def info(self) -> dict[str, Any]:
         return {
             "variants": {
@@ -220,4 +282,10 @@ class Fleet:
                 for v in self.config.variants
             },
             "last_reload_error": self.last_reload_error,
+            "catalog": {
+                "revision": self.catalog_state.revision,
+                "withdrawn": len(self.catalog_state.withdrawn),
+                "added_or_corrected": len(self.catalog_state.books),
+                "log": self.catalog.kind,
+            },
         }

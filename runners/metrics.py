@@ -40,6 +40,12 @@ BATCH_SIZE = bentoml.metrics.Histogram(
     documentation="Candidates per ranking call",
     buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
 )
+CATALOG_REVISION = bentoml.metrics.Gauge(
+    name="folio_catalog_revision", documentation="Catalog revision this worker serves (runners/catalog.py)"
+)
+CATALOG_WITHDRAWN = bentoml.metrics.Gauge(
+    name="folio_catalog_withdrawn_items", documentation="Books withdrawn from the catalog"
+)
 STATE_ERRORS = bentoml.metrics.Counter(
     name="folio_state_unavailable",
     documentation="Calls that found the state store (Redis) unreachable",

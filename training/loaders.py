@@ -45,26 +45,7 @@ def load_goodbooks(books_csv: Path, ratings_csv: Path) -> Dataset:
     books_csv, ratings_csv = Path(books_csv), Path(ratings_csv)
     books_raw, ratings_raw = books_csv.read_bytes(), ratings_csv.read_bytes()
     books_file, ratings_file = str(books_csv), str(ratings_csv)
-
-    books = _read_csv(books_file, books_raw)
-    _require(books, books_file, ("book_id", "title", "authors"))
-    _reject(books, books["book_id"] == "", books_file, "empty book_id")
-    _reject_duplicates(books, "book_id", books_file)
-    _reject(books, books["title"] == "", books_file, "empty title")
-    n = len(books)
-    year_col = "original_publication_year"
-    years = _numbers(books, year_col, books_file, allow_empty=True) if year_col in books else _nans(n)
-    genre_col = next((c for c in ("genres", "tags") if c in books), None)
-    genres: list[tuple[str, ...]] = (
-        [_split(v, _GENRE_SEP) for v in books[genre_col]] if genre_col else [()] * n
-    )
-    catalog = Catalog(
-        item_ids=books["book_id"].tolist(),
-        titles=books["title"].tolist(),
-        authors=books["authors"].tolist(),
-        genres=genres,
-        years=years.astype(np.float32),
-    )
+    catalog = read_books(books_file, books_raw)
 
     ratings = _read_csv(ratings_file, ratings_raw)
     interactions = _interactions(ratings, ratings_file, "book_id", pd.Index(catalog.item_ids))
@@ -76,6 +57,29 @@ def load_goodbooks(books_csv: Path, ratings_csv: Path) -> Dataset:
     }
     return Dataset(
         name=books_csv.resolve().parent.name, catalog=catalog, interactions=interactions, source=src
+    )
+
+
+def read_books(books_file: str, raw: bytes) -> Catalog:
+    """A Goodbooks-style ``books.csv`` (``load_goodbooks`` documents its columns) as a Catalog."""
+    books = _read_csv(books_file, raw)
+    _require(books, books_file, ("book_id", "title", "authors"))
+    _reject(books, books["book_id"] == "", books_file, "empty book_id")
+    _reject_duplicates(books, "book_id", books_file)
+    _reject(books, books["title"] == "", books_file, "empty title")
+    n = len(books)
+    year_col = "original_publication_year"
+    years = _numbers(books, year_col, books_file, allow_empty=True) if year_col in books else _nans(n)
+    genre_col = next((c for c in ("genres", "tags") if c in books), None)
+    genres: list[tuple[str, ...]] = (
+        [_split(v, _GENRE_SEP) for v in books[genre_col]] if genre_col else [()] * n
+    )
+    return Catalog(
+        item_ids=books["book_id"].tolist(),
+        titles=books["title"].tolist(),
+        authors=books["authors"].tolist(),
+        genres=genres,
+        years=years.astype(np.float32),
     )
 
 

@@ -116,9 +116,12 @@ def test_over_long_or_malformed_strings_are_400(client: TestClient, route: str, 
 
 
 def test_cache_keys_have_a_fixed_size() -> None:
-    small = cache_params(RecommendRequest(user_id="u", genres=None), "int8")
-    large = cache_params(RecommendRequest(user_id="u", genres=[f"{i:02d}" * 32 for i in range(50)]), "int8")
+    small = cache_params(RecommendRequest(user_id="u", genres=None), "int8", 0)
+    large = cache_params(
+        RecommendRequest(user_id="u", genres=[f"{i:02d}" * 32 for i in range(50)]), "int8", 0
+    )
     assert len(small) == len(large) == 32 and small != large
+    assert cache_params(RecommendRequest(user_id="u"), "int8", 1) != small  # a catalog change: a new key
 
 
 def test_forget_keeps_the_journal_writable(client: TestClient, state_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures for the Triton integration tests.
+"""Fixtures for the integration tests: a real redis-server per module (``redis_server``; ``live_redis``
+flushes it and fails fast when it died), and for the Triton tests:
 
 `ranker_model_dir` is the real ranker trained on the synthetic catalog (tests/conftest.py), exported
 to ONNX FP32/FP16/INT8 with `ranker.json`. The graph contract (models/ranker.py):
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from runners.triton import TritonServer
+from tests.redis_server import RedisServer
 from training.triton_repo import render_triton
 
 
@@ -65,3 +67,18 @@ def live_server(triton_server: TritonServer) -> TritonServer:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture()
+def live_redis(redis_server: RedisServer) -> RedisServer:
+    if not redis_server.is_alive():
+        pytest.fail(f"redis-server is no longer running; log tail:\n{redis_server.log_tail()}")
+    with redis_server.client() as c:
+        c.flushall()
+    return redis_server

@@ -219,6 +219,22 @@ def test_admin_reload(served: ServedFolio, versions: Store) -> None:
     assert back.status_code == 200 and back.json()["model_version"] == current
 
 
+def test_a_withdrawal_outlives_a_new_version(served: ServedFolio, versions: Store) -> None:
+    """Catalog changes live in the state store, not in a version: the next one serves them too."""
+    with httpx.Client(base_url=served.url, headers=AUTH, timeout=120) as c:
+        current = served_version(served)["model_version"]
+        gone = c.post("/recommend", json={"user_id": "u5"}).json()["items"][0]["item_id"]
+        assert c.post("/admin/catalog/withdraw", json={"item_ids": [gone]}).status_code == 200
+        try:
+            other = versions.save()
+            assert c.post("/admin/reload", json={"tag": other}).json()["model_version"] == other
+            body = c.post("/recommend", json={"user_id": "u5"}).json()
+            assert body["model_version"] == other and gone not in [i["item_id"] for i in body["items"]]
+            assert c.post("/admin/reload", json={}).json()["model_version"] == current
+        finally:
+            assert c.post("/admin/catalog/restore", json={"item_ids": [gone]}).status_code == 200
+
+
 def tritonservers(served: ServedFolio) -> set[int]:
     assert served.proc is not None
     children = psutil.Process(served.proc.pid).children(recursive=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,6 @@ from tests.unit.test_store_local import ALICE, BOB, T0, Backend, StoreContract, 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 class RedisBackend:
     def __init__(self, server: RedisServer) -> None:
         self.server = server
@@ -35,15 +28,6 @@ class RedisBackend:
     async def dump(self, store: StateStore) -> bytes:
         with self.server.client() as c:
             return dump_all(c)
-
-
-@pytest.fixture()
-def live_redis(redis_server: RedisServer) -> RedisServer:
-    if not redis_server.is_alive():
-        pytest.fail(f"redis-server is no longer running; log tail:\n{redis_server.log_tail()}")
-    with redis_server.client() as c:
-        c.flushall()
-    return redis_server
 
 
 class TestRedisContract(StoreContract):

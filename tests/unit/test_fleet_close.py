@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
+from runners.catalog import LocalCatalog
 from runners.fleet import Fleet
 from runners.lifecycle import retire
 from runners.settings import Settings
@@ -24,7 +25,9 @@ class FakeRanking:  # stands in for RankingStage: only close() is used by retire
 def test_shutdown_during_the_grace_period_closes_the_retiring_deployment(tmp_path: Path) -> None:
     async def main() -> None:
         state = LocalState(tmp_path / "journal.jsonl")
-        fleet = Fleet(Settings(state_dir=tmp_path, model_watch_s=0), state)
+        fleet = Fleet(
+            Settings(state_dir=tmp_path, model_watch_s=0), state, LocalCatalog(tmp_path / "c.jsonl")
+        )
         old = SimpleNamespace(ranking=FakeRanking(), tag="folio:old")
         fleet._background(retire(old, grace_s=3600))  # type: ignore[arg-type]
         await asyncio.sleep(0)
