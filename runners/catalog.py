@@ -69,6 +69,12 @@ def _text(name: str, value: object, limit: int, *, empty: bool) -> str:
     return value
 
 
+def _item_id(value: object) -> None:
+    """The rule runners/store.Event applies to item ids: a non-empty string of bounded length."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        raise ValueError(f"item_id must be a non-empty string of at most {MAX_ID_CHARS} characters")
+
+
 @dataclass(frozen=True)
 class Book:
     """A book's record as the catalog serves it. Construction checks every bound."""
@@ -81,7 +87,7 @@ class Book:
     description: str = ""
 
     def __post_init__(self) -> None:
-        _text("item_id", self.item_id, MAX_ID_CHARS, empty=False)
+        _item_id(self.item_id)
         _text("title", self.title, MAX_TITLE_CHARS, empty=False)
         _text("authors", self.authors, MAX_AUTHORS_CHARS, empty=True)
         _text("description", self.description, MAX_DESCRIPTION_CHARS, empty=True)
@@ -114,7 +120,7 @@ class CatalogChange:
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"op must be one of {OPS}, got {self.op!r}")
-        _text("item_id", self.item_id, MAX_ID_CHARS, empty=False)
+        _item_id(self.item_id)
         if (self.op == "upsert") != (self.book is not None):
             raise ValueError("an upsert carries a book, other changes none")
         if self.book is not None and self.book.item_id != self.item_id:

@@ -16,6 +16,10 @@ operations, and ``folio_positive_data_acceptance`` takes its place: a schema-val
 ``expected_statuses`` (positive_data_acceptance's list), or a 400 that names one of the case's ts as
 outside the accepted window when that ts really was, recomputed from the times the request was sent and
 its answer read.
+
+The same check covers ``UNIQUE_ID_OPERATIONS``: bodies that list records keyed by ``item_id``, each id
+at most once (a rule JSON Schema cannot state about one field of a list's objects; the document says it
+in words). There a 400 is due when it names an ``item_id`` the request really repeated.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ EXPECT = os.environ.get("FOLIO_FUZZ_EXPECT", "deep")
 WINDOW: dict[str, Any] = json.loads(os.environ.get("FOLIO_FUZZ_TS_WINDOW") or "{}")
 WINDOW_REFUSAL = re.compile(r"^ts (\S+) is outside the accepted window ")
 SENT_AT: dict[str, float] = {}  # case id -> when its request was last sent (one worker: ordered)
+UNIQUE_ID_OPERATIONS = ("POST /admin/catalog/books",)
+DUPLICATE_REFUSAL = re.compile(r"^item_id ('.*') appears twice")
 
 
 @schemathesis.hook
@@ -115,12 +121,28 @@ def window_refusal_is_due(response: Any, sent_at: float, read_at: float) -> str 
     return None
 
 
+def duplicate_refusal_is_due(response: Any) -> str | None:
+    """Why a 400 is not a due refusal of a repeated item_id (None: it is one)."""
+    try:
+        error = response.json().get("error", "")
+        books = json.loads(response.request.body or b"{}").get("books", [])
+        ids = [b.get("item_id") for b in books if isinstance(b, dict)]
+    except (ValueError, AttributeError):
+        return "its body or the request's is not a JSON object"
+    named = DUPLICATE_REFUSAL.match(error) if isinstance(error, str) else None
+    if named is None:
+        return "it does not refuse a repeated item_id"
+    repeated = {repr(i) for i in ids if ids.count(i) > 1}
+    return None if named.group(1) in repeated else f"the request did not repeat {named.group(1)}"
+
+
 @schemathesis.check
 def folio_positive_data_acceptance(ctx: Any, response: Any, case: Any) -> bool | None:
     """positive_data_acceptance for the ts-window operations (FOLIO_FUZZ_TS_WINDOW), which accepts a
     400 refusing a ts that really was outside the window, and nothing else it would not."""
     read_at = time.time()
-    if case.operation.label not in WINDOW.get("operations", ()):
+    windowed = case.operation.label in WINDOW.get("operations", ())
+    if not windowed and case.operation.label not in UNIQUE_ID_OPERATIONS:
         return None
     if case.meta is None or is_unexpected_http_status_case(case):
         return True  # as positive_data_acceptance: no generation metadata, or a request-shape probe
@@ -131,13 +153,21 @@ def folio_positive_data_acceptance(ctx: Any, response: Any, case: Any) -> bool |
         return None
     why = "not an expected status"
     if status == 400:
-        sent_at = SENT_AT.get(case.id, read_at - response.elapsed)
-        why = window_refusal_is_due(response, sent_at, read_at) or ""
-        if not why:
+        if windowed:
+            sent_at = SENT_AT.get(case.id, read_at - response.elapsed)
+            not_due = window_refusal_is_due(response, sent_at, read_at)
+        else:
+            not_due = duplicate_refusal_is_due(response)
+        if not_due is None:
             return None
-        why = f"a 400, but {why}"
+        why = f"a 400, but {not_due}"
+    age, skew = WINDOW.get("max_age_s", 0.0), WINDOW.get("max_skew_s", 0.0)
+    due = (
+        f"a 400 refusing a ts outside [now - {age:.15g} s, now + {skew:.15g} s]"
+        if windowed
+        else "a 400 refusing an item_id the request repeated"
+    )
     raise AssertionError(
         f"Schema-valid data of {case.operation.label} rejected with {status} ({why}). Expected:"
-        f" {', '.join(WINDOW['expected_statuses'])}, or a 400 refusing a ts outside"
-        f" [now - {WINDOW['max_age_s']:.15g} s, now + {WINDOW['max_skew_s']:.15g} s]"
+        f" {', '.join(WINDOW['expected_statuses'])}, or {due}"
     )

@@ -80,6 +80,9 @@ USERS = [f"u{n}" for n in range(0, 1000, 7)]  # the catalog's users are u0..u999
 MAX_AGE_S, MAX_SKEW_S = 365 * 86400.0, 300.0
 # Where the window applies: positive_data_acceptance is replaced there (tests/fuzz/hooks.py).
 WINDOW_OPERATIONS = ["POST /feedback", "POST /feedback/batch"]
+# Bodies whose records are keyed by item_id, each at most once: their 400 for a repeated id is due
+# (tests/fuzz/hooks.py; positive_data_acceptance is replaced there too).
+UNIQUE_ID_OPERATIONS = ["POST /admin/catalog/books"]
 # positive_data_acceptance's expected statuses. A valid body can still be too large in bytes (1,000
 # events of 128 astral characters, \u-escaped, pass 1 MB): JSON Schema cannot bound bytes, so 413
 # (documented: status_code_conformance) is an acceptable answer to a schema-valid body. The rest is
@@ -95,6 +98,9 @@ OPERATIONS = [
     ("POST", "/forget"),
     ("POST", "/info"),
     ("POST", "/admin/reload"),
+    ("POST", "/admin/catalog/books"),
+    ("POST", "/admin/catalog/withdraw"),
+    ("POST", "/admin/catalog/restore"),
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("GET", "/healthz"),
@@ -140,6 +146,7 @@ def write_config(path: Path, tags: list[str]) -> Path:
         "body.events[*].user_id": ("users", 0.7),
         "body.item_id": ("items", 0.7),
         "body.events[*].item_id": ("items", 0.8),  # a batch is all or nothing
+        "body.item_ids[*]": ("items", 0.8),  # catalog withdraw / restore: all or nothing too
         "body.genre": ("genres", 0.7),
         "body.genres[*]": ("genres", 0.7),
         "body.variant": ("variants", 0.7),
@@ -147,7 +154,8 @@ def write_config(path: Path, tags: list[str]) -> Path:
         "body.ts": ("timestamps", 0.7),
         "body.events[*].ts": ("timestamps", 0.8),
     }
-    window_paths = [label.split(" ", 1)[1] for label in WINDOW_OPERATIONS]
+    # the ts-window operations and the unique-id one (tests/fuzz/hooks.py)
+    window_paths = [label.split(" ", 1)[1] for label in (*WINDOW_OPERATIONS, *UNIQUE_ID_OPERATIONS)]
     lines = [
         # Every check on, as --checks all (which, named on the command line, would also override the
         # per-operation switch below).
@@ -307,7 +315,10 @@ def test_the_document_states_the_window_and_required_bodies_as_served(fuzz_serve
         p: op["requestBody"] for p, ops in doc["paths"].items() for op in ops.values() if "requestBody" in op
     }
     required = {p for p, body in bodies.items() if body.get("required")}
-    assert required == {"/recommend", "/similar", "/feedback", "/feedback/batch", "/forget"}, required
+    assert required == {
+        "/recommend", "/similar", "/feedback", "/feedback/batch", "/forget",
+        "/admin/catalog/books", "/admin/catalog/withdraw", "/admin/catalog/restore",
+    }, required  # fmt: skip
     # and the server agrees: no body is a 400 where one is required, `{}` where every field has a default
     for route in ("/recommend", "/trending", "/info"):
         answer = httpx.post(f"{fuzz_server.url}{route}", headers=AUTH, timeout=30)
@@ -327,7 +338,11 @@ def test_positive_data_acceptance_is_replaced_on_the_window_operations_only(
     for method, path in OPERATIONS:
         checks = api.config.checks_config_for(operation=api[path][method])
         on = checks.positive_data_acceptance.enabled
-        assert on == (f"{method} {path}" not in WINDOW_OPERATIONS), (method, path, on)
+        assert on == (f"{method} {path}" not in (*WINDOW_OPERATIONS, *UNIQUE_ID_OPERATIONS)), (
+            method,
+            path,
+            on,
+        )
         assert checks.positive_data_acceptance.expected_statuses == ACCEPTED
         names = [f.name for f in dataclasses.fields(checks) if not f.name.startswith("_")]
         off = [

@@ -177,7 +177,8 @@ def test_docs_json_lists_the_error_codes_the_server_sends(served: ServedFolio) -
     codes = {p: sorted(op["post"]["responses"]) for p, op in spec["paths"].items() if "post" in op}
     common = {"200", "400", "401", "413", "415", "429", "500", "504"}
     assert set(codes["/similar"]) == common | {"404"}
-    assert set(codes["/feedback"]) == common | {"404", "503"}
+    assert set(codes["/feedback"]) == common | {"404", "409", "503"}
+    assert set(codes["/admin/catalog/withdraw"]) == common | {"403", "404", "503"}
     assert set(codes["/forget"]) == common | {"503"}
     assert set(codes["/admin/reload"]) == common | {"403", "409"}
     detail = resolved(spec, spec["paths"]["/recommend"]["post"]["responses"]["400"]["content"])
@@ -186,6 +187,9 @@ def test_docs_json_lists_the_error_codes_the_server_sends(served: ServedFolio) -
     assert variant["enum"] == ["int8", "fp16", "fp32", "default", None] and variant["nullable"] is True
     documented(served, "/similar", call(served, "/similar", {"item_id": "no-such-book"}))  # 404
     documented(served, "/admin/reload", call(served, "/admin/reload", {}))  # 403: no API keys here
+    off = call(served, "/admin/catalog/withdraw", {"item_ids": ["b1"]})
+    assert off.status_code == 403
+    documented(served, "/admin/catalog/withdraw", off)
     big = call(served, "/info", content=b"{}" + b" " * 2_000_000, **{"Content-Type": "application/json"})
     assert big.status_code == 413 and big.headers["connection"] == "close"
     documented(served, "/info", big)

@@ -112,6 +112,18 @@ def test_candidates_follow_the_block_structure() -> None:
     assert c.features[:, feature_names(ii).index("ease.log_rank")].min() == 0.0
 
 
+def test_dense_scores_are_the_weighted_row_sums_on_both_paths(dense: np.ndarray) -> None:
+    import models.item_item as ii
+
+    rng = np.random.default_rng(3)
+    for size in (3, 20):  # 3 of 30 items: their rows gathered; 20: one pass over the whole matrix
+        assert (size * ii.FULL_PASS_ROWS > 30) == (size == 20)
+        h, w = rng.choice(30, size, replace=False), rng.random(size).astype(np.float32)
+        got = user_scores(dense, h, w).values
+        np.testing.assert_allclose(got, w @ dense[h], rtol=1e-5, atol=1e-5)
+        assert got.dtype == np.float32
+
+
 def test_scores_at_the_candidates_equal_the_full_scores(dense: np.ndarray, monkeypatch) -> None:
     import pickle
 
