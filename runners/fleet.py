@@ -239,6 +239,7 @@ class Fleet:
     async def change_catalog(self, changes: list[CatalogChange]) -> CatalogState:
         """Write ``changes`` (all or nothing) and serve them here at once. Raises UnknownItem (nothing
         written) when a withdrawal or restore names a book no served version knows nor was added."""
+        self.apply_catalog(await self.catalog.state())  # books another worker added a moment ago count
         known = set(self.catalog_state.books) | {c.item_id for c in changes if c.op == "upsert"}
         unknown = [
             c.item_id
