@@ -62,8 +62,16 @@ YEAR_MIN, YEAR_MAX = -3000, 2100
 MAX_CHANGES = 1000  # changes in one request / one write
 
 
+# "Not only spaces" means a character outside ASCII whitespace: a rule JSON Schema's pattern (NOT_BLANK)
+# states the same way in every regex dialect (``\S`` does not: Python counts \x1c..\x1f as spaces,
+# ECMA and pydantic's Rust regex do not).
+ASCII_SPACES = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+
+
 def _text(name: str, value: object, limit: int, *, empty: bool) -> str:
-    if not isinstance(value, str) or len(value) > limit or (not empty and not value.strip()):
+    blank = isinstance(value, str) and not value.strip(ASCII_SPACES)
+    if not isinstance(value, str) or len(value) > limit or (not empty and blank):
         rule = "a string" if empty else "a non-empty string (not only spaces)"
         raise ValueError(f"{name} must be {rule} of at most {limit} characters")
     return value

@@ -174,11 +174,11 @@ class BookIn(_Strict):
         },
     )
     item_id: str = ItemId
-    title: str = Field(min_length=1, max_length=catalog.MAX_TITLE_CHARS, pattern=r"\S")
+    title: str = Field(min_length=1, max_length=catalog.MAX_TITLE_CHARS, pattern=catalog.NOT_BLANK)
     authors: str = Field("", max_length=catalog.MAX_AUTHORS_CHARS)
-    genres: list[Annotated[str, Field(min_length=1, max_length=catalog.MAX_GENRE_CHARS, pattern=r"\S")]] = (
-        Field(default_factory=list, max_length=catalog.MAX_GENRES)
-    )
+    genres: list[
+        Annotated[str, Field(min_length=1, max_length=catalog.MAX_GENRE_CHARS, pattern=catalog.NOT_BLANK)]
+    ] = Field(default_factory=list, max_length=catalog.MAX_GENRES)
     year: int | None = Field(None, ge=catalog.YEAR_MIN, le=catalog.YEAR_MAX)
     description: str = Field("", max_length=catalog.MAX_DESCRIPTION_CHARS)
 
