@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -226,9 +227,8 @@ class Recommender:
     @bentoml.api(output_spec=CatalogResponse, route="/admin/catalog/books")
     async def admin_catalog_books(self, request: CatalogBooks, /) -> Any:
         """Add books or replace known books' records (all or nothing); served at once. Needs API keys."""
-        ids = [b.item_id for b in request.books]
-        if len(set(ids)) < len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
+        dup = next((i for i, n in Counter(b.item_id for b in request.books).items() if n > 1), None)
+        if dup is not None:
             return problem(400, f"item_id {dup!r} appears twice: send each book once; nothing changed")
         try:
             changes = [

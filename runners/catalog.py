@@ -34,20 +34,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from runners.store import (
-    MAX_ID_CHARS,
-    TS_MAX,
-    JournalWriteFailed,
-    StateUnavailable,
-    append_synced,
-    read_journal,
-)
+from runners.store import MAX_ID_CHARS, TS_MAX, JournalFile, read_journal, redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +106,16 @@ class Book:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Book:
         return cls(**{**d, "genres": tuple(d.get("genres") or ())})
+
+    def record(self) -> dict[str, Any]:
+        """The fields a served catalog entry has (training/artifacts.catalog_json's shape)."""
+        return {
+            "item_id": self.item_id,
+            "title": self.title,
+            "authors": self.authors,
+            "genres": list(self.genres),
+            "year": self.year,
+        }
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ class LocalCatalog:
         self._state = CatalogState()
         self._lock = asyncio.Lock()
         self._replay()
-        self._fh: BinaryIO = open(self.path, "ab")  # noqa: SIM115  (closed in close())
+        self._journal = JournalFile(self.path)
 
     def _replay(self) -> None:
         lines, torn = read_journal(self.path)
@@ -229,17 +231,9 @@ class LocalCatalog:
             first = self._state.revision + 1
             numbered = list(enumerate(changes, first))
             payload = "".join(json.dumps(c.to_dict(r)) + "\n" for r, c in numbered).encode()
-            await asyncio.to_thread(self._write, payload)
+            await asyncio.to_thread(self._journal.append, payload)
             self._state = self._state.apply(numbered[-1][0], changes)
             return self._state.revision
-
-    def _write(self, payload: bytes) -> None:
-        try:
-            append_synced(self._fh, self.path, payload)
-        except JournalWriteFailed as exc:
-            if exc.reopened is not None:
-                self._fh = exc.reopened
-            raise
 
     async def revision(self) -> int:
         return self._state.revision
@@ -253,7 +247,7 @@ class LocalCatalog:
         return [(r, c) for r, c in self._parse(data.splitlines(), warn=False) if r > after]
 
     async def close(self) -> None:
-        self._fh.close()
+        self._journal.close()
 
 
 # KEYS: rev, books, withdrawn, log. ARGV: count, then (op, item id, change JSON without rev) per change.
@@ -289,12 +283,8 @@ class RedisCatalog:
     def _k(self, name: str) -> str:
         return f"{self.prefix}catalog:{name}"
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self.url)
 
     async def append(self, changes: Sequence[CatalogChange]) -> int:
         _check(changes)
@@ -379,7 +369,3 @@ class CatalogView:
 
     def knows(self, item_id: str, position: Mapping[str, int]) -> bool:
         return item_id in position or item_id in self.new_books
-
-    @property
-    def any_withdrawn(self) -> bool:
-        return bool(self.withdrawn_ids)

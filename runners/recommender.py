@@ -105,17 +105,8 @@ class Recommender:
 
     # ------------------------------------------------------------------ reads
     def item(self, i: int, score: float, reason: str) -> Item:
-        if (book := self.catalog.overrides.get(i)) is not None:
-            return Item(
-                item_id=book.item_id,
-                title=book.title,
-                authors=book.authors,
-                genres=list(book.genres),
-                year=book.year,
-                score=round(float(score), 6),
-                reason=reason,
-            )
-        c = self.model.catalog[i]
+        book = self.catalog.overrides.get(i)  # a record corrected at runtime wins
+        c = self.model.catalog[i] if book is None else book.record()
         return Item(
             item_id=c["item_id"],
             title=c["title"],

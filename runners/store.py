@@ -236,34 +236,50 @@ def read_journal(path: Path) -> tuple[list[bytes], bool]:
     return data[:end].splitlines(), end < len(data)
 
 
-class JournalWriteFailed(StateUnavailable):
-    """An append that did not reach the disk; the journal is as it was. ``reopened``: the handle to
-    append with from now on (None when the journal could not be reopened)."""
+class JournalFile:
+    """An append-only journal open for appending. ``append`` returns once the payload is fsynced, or
+    raises StateUnavailable with the file cut back to what it was (a refused write never comes back on
+    replay)."""
 
-    def __init__(self, message: str, reopened: BinaryIO | None) -> None:
-        super().__init__(message)
-        self.reopened = reopened
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: BinaryIO = open(path, "ab")  # noqa: SIM115  (closed in close())
 
+    def tell(self) -> int:
+        return self._fh.tell()
 
-def append_synced(fh: BinaryIO, path: Path, payload: bytes) -> None:
-    """Append ``payload`` to the journal ``path`` open as ``fh`` and fsync it, or raise
-    JournalWriteFailed with the file cut back to what it was (a refused write never comes back on
-    replay) and ``fh`` closed."""
-    start = fh.tell()
-    try:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            fh.close()  # drops what is still buffered
-        reopened = None
+    def append(self, payload: bytes) -> None:
+        start = self._fh.tell()
         try:
-            os.truncate(path, start)
-            reopened = open(path, "ab")  # noqa: SIM115  (the caller keeps it)
-        except OSError as again:
-            log.error("journal %s could not be restored after a failed write: %s", path, again)
-        raise JournalWriteFailed(f"journal {path}: write failed: {exc}", reopened) from exc
+            self._fh.write(payload)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._fh.close()  # drops what is still buffered
+            try:
+                os.truncate(self.path, start)
+                self._fh = open(self.path, "ab")  # noqa: SIM115
+            except OSError as again:
+                log.error("journal %s could not be restored after a failed write: %s", self.path, again)
+            raise StateUnavailable(f"journal {self.path}: write failed: {exc}") from exc
+
+    def adopt(self, fh: BinaryIO) -> None:
+        """Append through ``fh`` from now on (the journal was replaced); the old handle is closed."""
+        old, self._fh = self._fh, fh
+        old.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@contextlib.contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Every Redis (or socket) error inside, as StateUnavailable naming the (redacted) URL."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StateUnavailable(f"redis at {url}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -314,7 +330,7 @@ class LocalState:
         self._lock = asyncio.Lock()
         self.journal_skipped = 0  # unreadable journal lines skipped on replay (e.g. torn by a crash)
         self._replay()
-        self._fh: BinaryIO = open(self.journal_path, "ab")  # noqa: SIM115  (closed in close())
+        self._journal = JournalFile(self.journal_path)
         if self._purge:  # a forget whose compaction did not run before the process stopped
             self._compact_now()
 
@@ -380,15 +396,6 @@ class LocalState:
             d.pop(user_id, None)
         self._buckets.pop(f"user:{user_id}", None)
 
-    def _write(self, payload: bytes) -> None:
-        """Append and fsync, or raise StateUnavailable with the journal as it was (append_synced)."""
-        try:
-            append_synced(self._fh, self.journal_path, payload)
-        except JournalWriteFailed as exc:
-            if exc.reopened is not None:
-                self._fh = exc.reopened
-            raise
-
     # ---------------------------------------------------------------- writes
     async def append_events(self, events: Sequence[Event], weights: Sequence[float]) -> None:
         _check(events, weights)
@@ -402,7 +409,7 @@ class LocalState:
             for e, w in zip(events, weights, strict=True)
         ).encode()
         async with self._lock:
-            await asyncio.to_thread(self._write, payload)
+            await asyncio.to_thread(self._journal.append, payload)
             for e, x in zip(events, contributions, strict=True):
                 self._apply(e, x)
 
@@ -410,7 +417,7 @@ class LocalState:
         key = self.user_key(user_id)
         record = (json.dumps({"op": "forget", "k": key}) + "\n").encode()
         async with self._lock:
-            await asyncio.to_thread(self._write, record)
+            await asyncio.to_thread(self._journal.append, record)
             self._drop_user(user_id)
             self._forgotten.add(key)
             if user_id in self._journal_users:
@@ -453,14 +460,14 @@ class LocalState:
         """Rewrite the journal without the lines of forgotten users. Reads and filters what is on disk
         without the lock; holds it only to copy the lines appended meanwhile and swap the files."""
         async with self._lock:
-            purge, end = set(self._purge), self._fh.tell()
+            purge, end = set(self._purge), self._journal.tell()
         if not purge:
             return
         head = await asyncio.to_thread(self._filter, _read_range(self.journal_path, 0, end), purge)
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
         await asyncio.to_thread(_write_synced, tmp, head.kept, "wb")
         async with self._lock:
-            tail_bytes = _read_range(self.journal_path, end, self._fh.tell())
+            tail_bytes = _read_range(self.journal_path, end, self._journal.tell())
             tail = await asyncio.to_thread(self._filter, tail_bytes, purge)
             removed = head.removed
             for item, x in tail.removed.items():
@@ -478,8 +485,7 @@ class LocalState:
         _write_synced(tmp, extra, "ab")
         new = open(tmp, "ab")  # noqa: SIM115  (opened before the rename: no failure after it)
         os.replace(tmp, self.journal_path)
-        old, self._fh = self._fh, new
-        old.close()
+        self._journal.adopt(new)
         _fsync_dir(self.journal_path.parent)
 
     async def _compact_pending(self) -> None:
@@ -584,7 +590,7 @@ class LocalState:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.settle()
-        self._fh.close()
+        self._journal.close()
 
 
 def _trending_record(removed: dict[str, float], half_life_s: float) -> list[bytes]:
@@ -747,12 +753,8 @@ class RedisState:
     def _k(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self.url)
 
     async def user_key(self, user_id: str) -> str:
         if self._key is None:  # shared by every worker: made once by whoever comes first

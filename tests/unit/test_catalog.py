@@ -178,4 +178,4 @@ def test_replay_skips_bad_lines_and_a_torn_tail(tmp_path: Path) -> None:
 
 def test_view_of_nothing_withdraws_nothing() -> None:
     view = CatalogView.build(CatalogState(), {"a": 0}, 1)
-    assert not view.any_withdrawn and not np.any(view.withdrawn_mask)
+    assert not view.withdrawn_ids and not np.any(view.withdrawn_mask)
