@@ -6,6 +6,7 @@ are saved and promoted there through `python -m training`, as an operator would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -236,9 +237,15 @@ def test_a_withdrawal_outlives_a_new_version(served: ServedFolio, versions: Stor
 
 
 def tritonservers(served: ServedFolio) -> set[int]:
+    """The running tritonservers under the service; one that exits while being listed (a retired
+    deployment's, after its grace period) is not running."""
     assert served.proc is not None
-    children = psutil.Process(served.proc.pid).children(recursive=True)
-    return {p.pid for p in children if "tritonserver" in p.name()}
+    found = set()
+    for p in psutil.Process(served.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "tritonserver" in p.name():
+                found.add(p.pid)
+    return found
 
 
 def test_admin_reload_of_the_served_version_is_a_no_op(served: ServedFolio) -> None:
