@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.candidates import rating_weight
+from models.candidates import POSITIVE_RATING, event_rating, rating_weight
 from models.diversity import diversify
 from runners import rules
 from runners.artifacts import ServedModel
@@ -33,12 +33,8 @@ from runners.store import Event, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
-# How much one event adds to trending; a rating under POSITIVE_RATING is not a positive interaction.
+# How much one event adds to trending.
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 2.0}
-POSITIVE_RATING = 3.0
-# An event's weight in the history the item-item sources read (models.candidates.rating_weight scale,
-# 1..3: a 3-star rating weighs 1, a 5-star rating 3); "rate" events use their rating.
-HISTORY_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 2.0, "purchase": 3.0}
 
 
 class UnknownItem(LookupError):
@@ -83,7 +79,7 @@ class CachedResult:
 @dataclass(frozen=True)
 class UserState:
     history: np.ndarray  # int64 positives (training + feedback), oldest first, unique
-    ratings: np.ndarray  # float32 history weights (HISTORY_WEIGHTS; the highest when an item repeats)
+    ratings: np.ndarray  # float32 history weights (of event_rating; the highest when an item repeats)
     seen: np.ndarray  # int64 every item the user interacted with
     degraded: bool  # the state store was unreachable: training history only
 
@@ -142,12 +138,10 @@ class Recommender:
                 if pos is None:  # an item of another model version
                     continue
                 seen.append(pos)
-                if e.event == "rate":
-                    if e.value is not None and e.value < POSITIVE_RATING:
-                        continue
-                    w = rating_weight(e.value)
-                else:
-                    w = HISTORY_WEIGHTS[e.event]
+                rating = event_rating(e.event, e.value)
+                if rating < POSITIVE_RATING:
+                    continue
+                w = rating_weight(rating)
                 weight[pos] = max(w, weight.get(pos, 0.0))
             history = np.fromiter(weight, dtype=np.int64, count=len(weight))
             ratings = np.fromiter(weight.values(), dtype=np.float32, count=len(weight))

@@ -13,11 +13,15 @@ Redis keys (all under `prefix`, default "folio:"):
     fids:<user>   list of the user's entry ids in `feedback` (so forget can XDEL them)
     rl:<bucket>   hash tokens/ts of a token bucket (atomic Lua); PEXPIREs when the bucket would be full again
     trendlog:<hl> zset item -> log2 of the sum of w * 2**((ts - EPOCH) / hl); one key per half-life hl
-    feedback      stream, field "e" = Event JSON, XADD MAXLEN ~ stream_maxlen
+    feedback      stream, field "e" = Event JSON, XADD MAXLEN ~ stream_maxlen; a forget adds a tombstone
+                  entry, field "f" = the user's keyed hash (the feedback export reads both, in order)
     forgotten:k   set of keyed hashes (HMAC-SHA256) of forgotten user ids (never the raw id)
     purge         set of `purge:<nonce>` lists of stream ids still to XDEL (a forget in progress)
     shared:<name> small values every worker reads (e.g. the version /admin/reload asked for)
     hashkey       the HMAC key, when FOLIO_USER_HASH_KEY is not set (generated once, shared by workers)
+
+Feedback log: the stream (Redis) and the journal's "ev" / "forget" lines (local; numbered by "n", in file
+order) are the ordered log `training/feedback.py` exports from (runners/feedback_log.py reads it).
 
 Durability: `append_events` returns after the data is durable as far as the backend goes: LocalState writes,
 flushes and fsyncs its journal (and replays it on construction; a torn last line is dropped, any other bad
@@ -218,6 +222,17 @@ def local_hash_key(directory: Path) -> bytes:
     return key.encode()
 
 
+MAX_SEQ = 2**62
+
+
+def journal_seq(rec: Mapping[str, Any]) -> int:
+    """The sequence number of a journal line (0: written before lines had one); ValueError if malformed."""
+    n = rec.get("n", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < MAX_SEQ:
+        raise ValueError(f"bad sequence number {n!r}")
+    return n
+
+
 def read_journal(path: Path) -> tuple[list[bytes], bool]:
     """The complete lines of an append-only journal (created, with its directory, when missing), and
     whether a torn last line was cut off the file: it was never acknowledged (no fsync returned)."""
@@ -328,6 +343,7 @@ class LocalState:
         self._purge: set[str] = set()  # forgotten users whose older lines compaction must remove
         self._compactor: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._seq = 0  # the highest sequence number "n" in the journal (training/feedback.py's checkpoint)
         self.journal_skipped = 0  # unreadable journal lines skipped on replay (e.g. torn by a crash)
         self._replay()
         self._journal = JournalFile(self.journal_path)
@@ -353,6 +369,8 @@ class LocalState:
 
     def _replay_line(self, rec: dict[str, Any], by_key: dict[str, str]) -> None:
         op = rec["op"]
+        if "n" in rec:
+            self._seq = max(self._seq, journal_seq(rec))
         if op == "ev":
             ev, w = Event(**rec["e"]), float(rec["w"])
             _check([ev], [w])
@@ -404,20 +422,22 @@ class LocalState:
         contributions = [
             log2_weight(float(w), e.ts, self.half_life_s) for e, w in zip(events, weights, strict=True)
         ]
-        payload = "".join(
-            json.dumps({"op": "ev", "w": float(w), "e": asdict(e)}) + "\n"
-            for e, w in zip(events, weights, strict=True)
-        ).encode()
-        async with self._lock:
+        async with self._lock:  # sequence numbers in file order
+            payload = "".join(
+                json.dumps({"op": "ev", "n": self._seq + i, "w": float(w), "e": asdict(e)}) + "\n"
+                for i, (e, w) in enumerate(zip(events, weights, strict=True), 1)
+            ).encode()
             await asyncio.to_thread(self._journal.append, payload)
+            self._seq += len(events)
             for e, x in zip(events, contributions, strict=True):
                 self._apply(e, x)
 
     async def forget(self, user_id: str) -> None:
         key = self.user_key(user_id)
-        record = (json.dumps({"op": "forget", "k": key}) + "\n").encode()
         async with self._lock:
+            record = (json.dumps({"op": "forget", "n": self._seq + 1, "k": key}) + "\n").encode()
             await asyncio.to_thread(self._journal.append, record)
+            self._seq += 1
             self._drop_user(user_id)
             self._forgotten.add(key)
             if user_id in self._journal_users:
@@ -662,10 +682,11 @@ for i, key in ipairs(KEYS) do
 end
 return string.format('%.17g', math.max(wait, 0))
 """
-# KEYS: fids, hist, gen, cache, rl, forgotten, purge set, purge list. ARGV: keyed hash.
+# KEYS: fids, hist, gen, cache, rl, forgotten, purge set, purge list, stream. ARGV: keyed hash, maxlen.
 _FORGET = """
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 redis.call('SADD', KEYS[6], ARGV[1])
+redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[2], '*', 'f', ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[8])
   redis.call('SADD', KEYS[7], KEYS[8])
@@ -848,8 +869,9 @@ class RedisState:
         purge_list = self._k("purge", uuid.uuid4().hex)
         keys = [self._k(k, user_id) for k in ("fids", "hist", "gen", "cache")]
         keys += [self._k("rl", f"user:{user_id}"), self._k("forgotten", "k"), self._k("purge"), purge_list]
+        keys.append(self._k("feedback"))
         with self._guard():
-            await self._forget(keys=keys, args=[key])
+            await self._forget(keys=keys, args=[key, self.stream_maxlen])
             # this forget's entries, then any a crashed forget left behind
             for pending in [purge_list, *await self._r.smembers(self._k("purge"))]:
                 while await self._purge_chunk(keys=[pending, self._k("feedback"), self._k("purge")]):

@@ -11,12 +11,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from models.retrieval import RetrievalConfig
+from runners.feedback_log import open_log
+from runners.settings import load_settings
 from training import catalog_cli, store
 from training.ablation import write_ablation
 from training.artifacts import version_run
 from training.catalog_changes import apply_catalog_changes, configured_catalog_state
+from training.dataset import Dataset
 from training.experiment import RunResult, TrainConfig, run
+from training.feedback import ExportResult, apply_feedback, export_feedback, exported_files, read_feedback
 from training.fetch import DATASETS, default_data_dir, fetch
 from training.loaders import load_dataset
 from training.refit import refit_on_all
@@ -49,12 +55,35 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     print(fetch(args.dataset, args.data_dir))
 
 
-def _train(args: argparse.Namespace) -> RunResult:
-    """One selection run on the dataset with the service's catalog changes applied (unless told not to)."""
+def _feedback_dir(args: argparse.Namespace) -> Path:
+    return args.feedback_dir or load_settings().state_dir / "feedback"
+
+
+def _export(directory: Path) -> ExportResult:
+    source = open_log(load_settings())
+    try:
+        result = export_feedback(source, directory)
+    finally:
+        source.close()
+    print(json.dumps({"feedback_export": result.to_json()}))
+    return result
+
+
+def _dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset with the service's catalog changes and collected feedback (unless told not to)."""
     ds = load_dataset(args.dataset, args.data_dir)
     if not args.no_catalog_changes:
         ds = apply_catalog_changes(ds, configured_catalog_state())
-    return run(ds, _config(args))
+    if not args.no_feedback:
+        directory = _feedback_dir(args)
+        _export(directory)
+        ds = apply_feedback(ds, read_feedback(directory))
+    return ds
+
+
+def _train(args: argparse.Namespace) -> RunResult:
+    """One selection run on ``_dataset``."""
+    return run(_dataset(args), _config(args))
 
 
 def _train_and_refit(args: argparse.Namespace) -> RunResult:
@@ -110,6 +139,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_report(args.results, args.report)
 
 
+def cmd_feedback(args: argparse.Namespace) -> None:
+    """Export the collected feedback (training/feedback.py), or show what was exported."""
+    directory = _feedback_dir(args)
+    if args.action == "export":
+        _export(directory)
+        return
+    files = exported_files(directory)
+    rows = read_feedback(directory)
+    print(
+        json.dumps(
+            {
+                "directory": str(directory),
+                "files": len(files),
+                "checkpoints": {kind: list(pos) for kind, pos, _ in files},
+                "rows": len(rows),
+                "users": int(rows["user_id"].nunique()),
+                "events": {str(k): int(v) for k, v in rows["event"].value_counts().items()},
+            }
+        )
+    )
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     for row in store.listing():
         print(json.dumps(row))
@@ -157,12 +208,24 @@ def parser() -> argparse.ArgumentParser:
     data(s)
     s.set_defaults(func=cmd_fetch)
 
+    def feedback_dir(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--feedback-dir", type=Path, help="exported feedback files (default: <FOLIO_STATE_DIR>/feedback)"
+        )
+
     def catalog_changes(sp: argparse.ArgumentParser) -> None:
+        """The service's state the run pulls in: catalog changes and collected feedback."""
         sp.add_argument(
             "--no-catalog-changes",
             action="store_true",
             help="ignore the service's runtime catalog changes (FOLIO_REDIS_URL / FOLIO_STATE_DIR)",
         )
+        sp.add_argument(
+            "--no-feedback",
+            action="store_true",
+            help="neither export nor merge the feedback the service collected (training/feedback.py)",
+        )
+        feedback_dir(sp)
 
     s = sub.add_parser("train", help="train retrieval + ranker on one seed, evaluate on test")
     training(s)
@@ -192,6 +255,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", type=Path, default=REPO / "docs" / "results")
     s.add_argument("--report", type=Path, default=REPO / "docs" / "quality.md")
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("feedback", help="export the service's collected feedback as ratings rows")
+    s.add_argument("action", choices=("export", "status"))
+    feedback_dir(s)
+    s.set_defaults(func=cmd_feedback)
     s = sub.add_parser("list", help="stored versions with stage and test NDCG@10")
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("promote", help="label TAG stage=production")
@@ -216,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (store.StoreError, ValueError, RuntimeError, OSError) as exc:
+    except (store.StoreError, ValueError, RuntimeError, OSError, RedisError) as exc:
         log.error("%s", exc)
         return 1
     return 0
