@@ -32,7 +32,8 @@ class ServedModel:
     tag: str
     path: Path
     metadata: dict[str, Any]
-    created: float  # unix seconds: when the version was saved
+    created: float  # unix seconds: when the version was saved (trained)
+    promoted_at: str | None  # ISO time of its last promotion (store label), None if never promoted
     catalog: list[dict[str, Any]]
     position: dict[str, int]
     primary_genre: list[str]  # "" where an item has no genre
@@ -116,6 +117,7 @@ def load(model: bentoml.Model) -> ServedModel:
         path=path,
         metadata=dict(model.info.metadata),
         created=model.info.creation_time.timestamp(),
+        promoted_at=model.info.labels.get("promoted_at"),
         catalog=catalog,
         position={c["item_id"]: i for i, c in enumerate(catalog)},
         primary_genre=[c["genres"][0] if c["genres"] else "" for c in catalog],

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.responses import Response
@@ -32,6 +33,7 @@ from runners.lifecycle import Deployment, deploy, retire
 from runners.metrics import (
     CATALOG_REVISION,
     CATALOG_WITHDRAWN,
+    MODEL_AGE,
     MODEL_RELOADS,
     SHADOW_AGREEMENT,
     STATE_ERRORS,
@@ -47,6 +49,7 @@ from runners.variants import PRODUCTION, Assigner, Variant, VariantConfig
 from training import store
 
 log = logging.getLogger(__name__)
+AGE_REPORT_S = 5.0  # how often folio_model_age_seconds is refreshed
 RELOAD_KEY = "admin_reload"  # shared: {"tag": version asked for, "production": the version it overrides}
 
 
@@ -72,6 +75,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._catalog_follower: asyncio.Task[None] | None = None
+        self._age_reporter: asyncio.Task[None] | None = None
 
     @property
     def primary(self) -> Deployment:
@@ -90,9 +94,10 @@ class Fleet:
         if PRODUCTION in self.deployments and self.settings.model_watch_s > 0:
             self._watcher = asyncio.create_task(self._watch())
         self._catalog_follower = asyncio.create_task(self._follow_catalog())
+        self._age_reporter = asyncio.create_task(self._report_model_age())
 
     async def close(self) -> None:
-        for task in (self._watcher, self._catalog_follower):
+        for task in (self._watcher, self._catalog_follower, self._age_reporter):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -271,8 +276,26 @@ class Fleet:
                 STATE_ERRORS.labels(op="catalog").inc()
                 await asyncio.sleep(1.0)
 
+    async def _report_model_age(self) -> None:
+        while True:
+            MODEL_AGE.set(time.time() - self.primary.model.created)
+            await asyncio.sleep(AGE_REPORT_S)
+
+    def freshness(self) -> dict[str, Any]:
+        """How old the primary version is, against the freshness budget (docs/operations.md)."""
+        model = self.primary.model
+        age = time.time() - model.created
+        return {
+            "trained_at": datetime.fromtimestamp(model.created, UTC).isoformat(timespec="seconds"),
+            "promoted_at": model.promoted_at,
+            "age_s": round(age, 1),
+            "budget_s": self.settings.model_max_age_s,
+            "stale": age > self.settings.model_max_age_s,
+        }
+
     def info(self) -> dict[str, Any]:
         return {
+            "model_freshness": self.freshness(),
             "variants": {
                 v.name: {
                     "model_version": self.deployments[v.model].tag,

@@ -40,6 +40,10 @@ BATCH_SIZE = bentoml.metrics.Histogram(
     documentation="Candidates per ranking call",
     buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
 )
+MODEL_AGE = bentoml.metrics.Gauge(
+    name="folio_model_age_seconds",
+    documentation="Seconds since the served version was trained (budget: FOLIO_MODEL_MAX_AGE_S)",
+)
 CATALOG_REVISION = bentoml.metrics.Gauge(
     name="folio_catalog_revision", documentation="Catalog revision this worker serves (runners/catalog.py)"
 )

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     precision: str = Field("int8", description="default ranker variant: int8 | fp16 | fp32")
     variants: str | None = Field(None, description="A/B variants: JSON or @path (see runners/variants.py)")
     model_watch_s: float = Field(5.0, ge=0, description="poll the store for a new production version; 0: off")
+    model_max_age_s: float = Field(
+        86400.0, gt=0, description="freshness budget: /info reports a served version older than this as stale"
+    )
     catalog_poll_s: float = Field(
         0.25, gt=0, le=1.0, description="how often a worker checks for catalog changes made elsewhere"
     )

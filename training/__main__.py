@@ -27,6 +27,7 @@ from training.fetch import DATASETS, default_data_dir, fetch
 from training.loaders import load_dataset
 from training.refit import refit_on_all
 from training.report import evaluate_seeds, write_report
+from training.retrain import GateConfig, retrain
 from training.triton_repo import TARGETS, render_triton
 
 log = logging.getLogger("training")
@@ -79,6 +80,41 @@ def _dataset(args: argparse.Namespace) -> Dataset:
         _export(directory)
         ds = apply_feedback(ds, read_feedback(directory))
     return ds
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    """The scheduled job (training/retrain.py): export feedback, train, gate against production."""
+    if args.dataset in DATASETS:
+        fetch(args.dataset, args.data_dir)
+    settings = load_settings()
+    catalog = configured_catalog_state()
+    base = apply_catalog_changes(load_dataset(args.dataset, args.data_dir), catalog)
+    directory = _feedback_dir(args)
+    exported = _export(directory)
+    gate = GateConfig(
+        holdout_share=args.holdout_share,
+        min_holdout_pairs=args.min_holdout_pairs,
+        max_ndcg_drop=args.max_ndcg_drop,
+        max_recall_drop=args.max_recall_drop,
+        promote_without_evidence=args.promote_without_evidence,
+    )
+
+    def train_and_version(ds: Dataset) -> str:
+        return _version(refit_on_all(run(ds, _config(args)), _config(args)))
+
+    record = retrain(
+        base,
+        read_feedback(directory),
+        catalog,
+        settings,
+        gate,
+        train_and_version,
+        args.records,
+        extra={"feedback_export": exported.to_json(), "catalog_revision": catalog.revision},
+    )
+    if record["decision"] == "promoted":
+        render_triton(Path(store.get(record["candidate"]).path), args.out)
+    print(json.dumps(record, indent=1))
 
 
 def _train(args: argparse.Namespace) -> RunResult:
@@ -240,6 +276,22 @@ def parser() -> argparse.ArgumentParser:
     catalog_changes(s)
     s.add_argument("--out", type=Path, default=REPO / "model_repository")
     s.set_defaults(func=cmd_main)
+    s = sub.add_parser("retrain", help="scheduled: pull feedback + catalog changes, train, gate, promote")
+    training(s)
+    feedback_dir(s)
+    gate = GateConfig()
+    s.add_argument(
+        "--holdout-share", type=float, default=gate.holdout_share, help="newest feedback pairs held out"
+    )
+    s.add_argument("--min-holdout-pairs", type=int, default=gate.min_holdout_pairs)
+    s.add_argument("--max-ndcg-drop", type=float, default=gate.max_ndcg_drop, help="absolute NDCG@10 allowed")
+    s.add_argument("--max-recall-drop", type=float, default=gate.max_recall_drop, help="absolute Recall@10")
+    s.add_argument("--promote-without-evidence", action="store_true", help="promote when too few fresh pairs")
+    s.add_argument(
+        "--records", type=Path, default=REPO / ".folio" / "retrain", help="one JSON record per run"
+    )
+    s.add_argument("--out", type=Path, default=REPO / "model_repository")
+    s.set_defaults(func=cmd_retrain)
     s = sub.add_parser("evaluate", help="several seeds with baselines; writes docs/quality.md")
     training(s)
     s.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])

@@ -98,7 +98,7 @@ def store_home() -> str:
     return str(BentoMLContainer.model_store.get()._path)
 
 
-def _set_labels(model: bentoml.Model, **labels: str) -> None:
+def set_labels(model: bentoml.Model, **labels: str) -> None:
     model.info.labels.update(labels)
     model.flush()  # rewrites model.yaml
 
@@ -113,9 +113,9 @@ def promote(tag: str, *, keep_time: bool = False) -> bentoml.Model:
     model = get(tag)
     for m in _models():
         if m.info.labels.get("stage") == "production" and m.tag != model.tag:
-            _set_labels(m, stage="retired")
+            set_labels(m, stage="retired")
     stamp = model.info.labels.get("promoted_at") if keep_time else None
-    _set_labels(model, stage="production", promoted_at=stamp or datetime.now(UTC).isoformat())
+    set_labels(model, stage="production", promoted_at=stamp or datetime.now(UTC).isoformat())
     return model
 
 
@@ -133,7 +133,7 @@ def rollback() -> bentoml.Model:
     if not earlier:
         raise StoreError(f"{current.tag} is the first production version: nothing to roll back to")
     target = max(earlier, key=lambda m: m.info.labels["promoted_at"])
-    _set_labels(current, stage="rolled-back")
+    set_labels(current, stage="rolled-back")
     return promote(str(target.tag), keep_time=True)
 
 
