@@ -74,6 +74,7 @@ class Recommender:
 
     def __init__(self) -> None:
         configure_logging()
+        store.use_configured_store()  # FOLIO_MODEL_STORE: versions come from a shared store from here on
         self.settings = load_settings()
         limit_numeric_threads(self.settings.numeric_threads)
         self.state = open_state(

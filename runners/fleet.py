@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -58,8 +59,12 @@ class UnknownVariant(ValueError):
 
 
 def primary_tag(settings: Settings) -> str:
-    """The version the first served variant uses: what `bentoml build` packs into the Bento."""
+    """The version the first served variant uses: what `bentoml build` packs into the Bento. With
+    FOLIO_MODEL_STORE, production is read from the shared store once the service is built; the version
+    declared here is then the newest of BentoML's own store (inside a Bento: the one it packed)."""
     spec = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag).served[0].model
+    if spec == PRODUCTION and os.environ.get(store.MODEL_STORE_ENV) and (packed := store.newest()):
+        return str(packed.tag)
     return artifacts.served_tag(None if spec == PRODUCTION else spec)
 
 

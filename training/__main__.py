@@ -113,7 +113,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         extra={"feedback_export": exported.to_json(), "catalog_revision": catalog.revision},
     )
     if record["decision"] == "promoted":
-        render_triton(Path(store.get(record["candidate"]).path), args.out)
+        render_triton(Path(store.get(record["candidate"]).path), args.out, target=args.target)
     print(json.dumps(record, indent=1))
 
 
@@ -290,7 +290,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--records", type=Path, default=REPO / ".folio" / "retrain", help="one JSON record per run"
     )
-    s.add_argument("--out", type=Path, default=REPO / "model_repository")
+    s.add_argument(
+        "--out", type=Path, default=REPO / "model_repository", help="Triton repository, if promoted"
+    )
+    s.add_argument("--target", choices=TARGETS, default="cpu")
     s.set_defaults(func=cmd_retrain)
     s = sub.add_parser("evaluate", help="several seeds with baselines; writes docs/quality.md")
     training(s)
@@ -329,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    store.use_configured_store()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,14 +8,31 @@ back to the most recently promoted version before it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.models import ModelStore
 
 MODEL_NAME = "folio"
+MODEL_STORE_ENV = "FOLIO_MODEL_STORE"
+
+
+def use_configured_store() -> None:
+    """FOLIO_MODEL_STORE (a directory): the model store every Folio process reads and writes instead of
+    BentoML's (``$BENTOML_HOME/models``, or inside a containerized Bento its own read-only copy). It is
+    how a retrain job and the serving replicas share versions: both mount one volume (deploy/README.md).
+    Called by the training CLI and by the service once it is built (the version declared at class scope
+    for `bentoml build` still comes from the Bento's own store)."""
+    if path := os.environ.get(MODEL_STORE_ENV):
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        BentoMLContainer.model_store.set(ModelStore(directory))
+
 # Every file a stored version must hold for serving.
 ARTIFACTS = (
     "retrieval.npz",
@@ -80,7 +97,11 @@ def save(artifacts: Path, labels: dict[str, str], metadata: dict[str, Any]) -> b
 
 
 def _models() -> list[bentoml.Model]:
-    return sorted(bentoml.models.list(MODEL_NAME), key=lambda m: m.info.creation_time)
+    try:
+        models = bentoml.models.list(MODEL_NAME)
+    except bentoml.exceptions.NotFound:  # no version saved yet
+        return []
+    return sorted(models, key=lambda m: m.info.creation_time)
 
 
 def get(tag: str) -> bentoml.Model:
@@ -93,14 +114,17 @@ def get(tag: str) -> bentoml.Model:
 
 
 def store_home() -> str:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
     return str(BentoMLContainer.model_store.get()._path)
 
 
 def set_labels(model: bentoml.Model, **labels: str) -> None:
     model.info.labels.update(labels)
     model.flush()  # rewrites model.yaml
+
+
+def newest() -> bentoml.Model | None:
+    models = _models()
+    return models[-1] if models else None
 
 
 def production() -> bentoml.Model | None:

@@ -6,10 +6,12 @@ the Dockerfile and requirements BentoML generates inside the Bento.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -94,6 +96,45 @@ def test_built_bento_is_served(bento: tuple[str, Path], model_tag: str, tmp_path
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model_version"] == model_tag and body["fallback"] == "none" and len(body["items"]) == 3
+
+
+SAVE = (
+    "import json, sys; from pathlib import Path; from training import store; store.use_configured_store(); "
+    "print(store.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
+)
+
+
+def test_built_bento_follows_a_shared_model_store(
+    bento: tuple[str, Path], model_tag: str, tmp_path: Path
+) -> None:
+    """FOLIO_MODEL_STORE: the Bento serves the production version of a store a retrain job writes (a
+    shared volume in deploy/k8s), not its own packed copy, and follows a promotion made there."""
+    from training import store
+
+    stored = store.get(model_tag)
+    env = {**os.environ, "FOLIO_MODEL_STORE": str(tmp_path / "shared")}
+    env.pop("FOLIO_MODEL_TAG", None)
+
+    def training(*args: str) -> str:
+        out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    first, second = (
+        training(sys.executable, "-c", SAVE, str(stored.path), json.dumps(stored.info.metadata))
+        for _ in range(2)
+    )
+    training(sys.executable, "-m", "training", "promote", first)
+    serve_env = {"FOLIO_MODEL_STORE": env["FOLIO_MODEL_STORE"], "FOLIO_MODEL_WATCH_S": "0.5"}
+    serve_env["FOLIO_STATE_DIR"] = str(tmp_path / "state")
+    with ServedFolio(serve_env, tmp_path / "serve.log", target=bento[0]) as served:
+        info = httpx.post(f"{served.url}/info", json={}, timeout=30).json()
+        assert info["model_version"] == first != model_tag
+        training(sys.executable, "-m", "training", "promote", second)
+        deadline = time.monotonic() + 60
+        while httpx.post(f"{served.url}/info", json={}, timeout=30).json()["model_version"] != second:
+            assert time.monotonic() < deadline, served.log_tail()
+            time.sleep(0.25)
 
 
 def test_gpu_flavour_swaps_in_cuda_builds(checkout: Path, model_tag: str) -> None:

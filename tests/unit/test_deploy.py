@@ -84,7 +84,12 @@ def find(docs: list[Doc], kind: str, name: str) -> Doc:
 
 
 def workloads(docs: list[Doc]) -> Iterator[Doc]:
-    return (d for d in docs if d["kind"] in WORKLOAD_KINDS)
+    """Deployments, StatefulSets, DaemonSets, and each CronJob as its job (spec.template = the pod)."""
+    for d in docs:
+        if d["kind"] in WORKLOAD_KINDS:
+            yield d
+        elif d["kind"] == "CronJob":
+            yield {"kind": "CronJob", "metadata": d["metadata"], "spec": d["spec"]["jobTemplate"]["spec"]}
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:
@@ -214,7 +219,7 @@ def secret_problems(docs: list[Doc]) -> list[str]:
 def selector_problems(docs: list[Doc]) -> list[str]:
     """Each Service / PDB selects the pods of exactly one workload; the HPA targets the folio Deployment."""
     problems = []
-    ws = list(workloads(docs))
+    ws = [w for w in workloads(docs) if w["kind"] != "CronJob"]  # a Job's selector is generated
     for w in ws:
         if not selects(w["spec"]["selector"].get("matchLabels", {}), pod_labels(w)):
             problems.append(f"{w['kind']}/{w['metadata']['name']}: selector does not match its pod labels")
@@ -479,6 +484,43 @@ def network_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def retrain_problems(docs: list[Doc]) -> list[str]:
+    """The retrain CronJob: never two at once, the folio pods' model store, Redis reachable."""
+    cron = find(docs, "CronJob", "folio-retrain")
+    job = cron["spec"]["jobTemplate"]["spec"]
+    (c,) = job["template"]["spec"]["containers"]
+    problems = []
+    if cron["spec"].get("concurrencyPolicy") != "Forbid":
+        problems.append("retrain: concurrencyPolicy is not Forbid (two trainings would run at once)")
+    stores = {}
+    for name, pod, container in (
+        ("folio", find(docs, "Deployment", "folio")["spec"]["template"]["spec"], folio_container(docs)),
+        ("retrain", job["template"]["spec"], c),
+    ):
+        claims = {
+            v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod.get("volumes", [])
+        }
+        path = str(env_value(container, "FOLIO_MODEL_STORE") or "")
+        mounts = [
+            m for m in container.get("volumeMounts", []) if claims.get(m["name"]) == "folio-model-store"
+        ]
+        if not any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+            problems.append(f"{name}: FOLIO_MODEL_STORE {path!r} is not on the folio-model-store volume")
+        stores[name] = path
+    if stores["folio"] != stores["retrain"]:
+        problems.append(f"FOLIO_MODEL_STORE differs: {stores} (the pods would not see promotions)")
+    retrain = job["template"]["metadata"]["labels"]
+    redis = pod_labels(find(docs, "StatefulSet", "folio-redis"))
+    if not (
+        policy_allows(docs, "Egress", retrain, Peer(redis), 6379)
+        and policy_allows(docs, "Ingress", redis, Peer(retrain), 6379)
+    ):
+        problems.append("the retrain job cannot reach redis on 6379")
+    if env_secret(c, "REDIS_PASSWORD") != REDIS_SECRET:
+        problems.append("retrain: REDIS_PASSWORD is not from the Secret")
+    return problems
+
+
 def triton_exposure_problems(docs: list[Doc]) -> list[str]:
     (c,) = find(docs, "Deployment", "folio-triton")["spec"]["template"]["spec"]["containers"]
     argv = " ".join([*c.get("command", []), *c.get("args", [])])
@@ -495,6 +537,7 @@ K8S_POLICIES: list[Callable[[list[Doc]], list[str]]] = [
     redis_auth_problems,
     network_problems,
     triton_exposure_problems,
+    retrain_problems,
 ]
 
 
@@ -700,7 +743,36 @@ def netpol_ingress(docs: list[Doc], name: str) -> list[Doc]:
     return rules
 
 
+def retrain_job(docs: list[Doc]) -> Doc:
+    return find(docs, "CronJob", "folio-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
 K8S_BREAKAGES: list[tuple[str, Callable[[list[Doc]], Any], str]] = [
+    (
+        "retrain-overlap",
+        lambda d: find(d, "CronJob", "folio-retrain")["spec"].update(concurrencyPolicy="Allow"),
+        "Forbid",
+    ),
+    (
+        "retrain-other-store",
+        lambda d: set_env(retrain_job(d)["containers"][0], "FOLIO_MODEL_STORE", value="/models/other"),
+        "FOLIO_MODEL_STORE differs",
+    ),
+    (
+        "retrain-store-off-volume",
+        lambda d: set_env(folio_container(d), "FOLIO_MODEL_STORE", value="/tmp/store"),
+        "not on the folio-model-store volume",
+    ),
+    (
+        "retrain-no-redis",
+        lambda d: find(d, "NetworkPolicy", "folio-redis")["spec"]["ingress"][0]["from"].pop(),
+        "retrain job cannot reach redis",
+    ),
+    (
+        "retrain-root",
+        lambda d: retrain_job(d)["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False),
+        "CronJob/folio-retrain/retrain: readOnlyRootFilesystem",
+    ),
     ("no-startup", lambda d: folio_container(d).pop("startupProbe"), "startupProbe"),
     (
         "liveness-path",
