@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from models.candidates import DEFAULT_RATING_WEIGHT, feature_names
+from models.content import ContentEncoder
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
 from models.item_item import ItemItem
 from models.user_encoder import RetrievalWeights
@@ -47,6 +48,9 @@ class ServedModel:
     train_ratings: dict[str, np.ndarray]  # user id -> float32 rating weights, aligned with train_histories
     candidates: int  # candidates per user the ranker was trained on
     diversity_penalty: float  # models/diversity.py penalty chosen on validation
+    content: (
+        ContentEncoder | None
+    )  # book records -> item vectors (books added at runtime); None: older version
 
     @property
     def n_items(self) -> int:
@@ -101,6 +105,16 @@ def load(model: bentoml.Model) -> ServedModel:
             f"{model.tag}: the ranker expects candidate features {list(spec.candidate_features)}, the "
             f"item-item sources give {list(feature_names(item_item))}"
         )
+    content = None
+    if (path / store.CONTENT_FILE).is_file():
+        try:
+            content = ContentEncoder.load(path / store.CONTENT_FILE)
+        except ValueError as exc:
+            raise ModelLoadError(f"{model.tag}: {exc}") from exc
+        if content.dim != weights.dim:
+            raise ModelLoadError(
+                f"{model.tag}: content encoder dim {content.dim} != retrieval's {weights.dim}"
+            )
     penalty = float(ranker.get("diversity_penalty", 0.0))
     if not 0.0 <= penalty <= 100.0:  # NaN fails too
         raise ModelLoadError(f"{model.tag}: diversity_penalty {penalty!r} outside [0, 100]")
@@ -131,4 +145,5 @@ def load(model: bentoml.Model) -> ServedModel:
         train_ratings=ratings,
         candidates=int(ranker.get("candidates", 200)),
         diversity_penalty=penalty,
+        content=content,
     )

@@ -23,10 +23,11 @@ from models.diversity import diversify
 from runners import rules
 from runners.artifacts import ServedModel
 from runners.cache import ResultCache
-from runners.catalog import CatalogState, CatalogView
+from runners.catalog import Book, CatalogState, CatalogView
 from runners.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
+from runners.new_books import NewBooks, place
 from runners.ranking import RankingStage
-from runners.retrieval import RetrievalStage
+from runners.retrieval import Candidates, RetrievalStage
 from runners.schemas import FeedbackEvent, Item, RecommendRequest, RecommendResponse
 from runners.settings import Settings
 from runners.store import Event, StateStore, StateUnavailable
@@ -82,6 +83,7 @@ class UserState:
     ratings: np.ndarray  # float32 history weights (of event_rating; the highest when an item repeats)
     seen: np.ndarray  # int64 every item the user interacted with
     degraded: bool  # the state store was unreachable: training history only
+    seen_new: frozenset[str] = frozenset()  # books added after training the user interacted with
 
 
 class Recommender:
@@ -93,16 +95,26 @@ class Recommender:
         self.cache = ResultCache(state, model.tag, settings.l1_size, settings.cache_ttl_s)
         self.trained_at = model.created
         self.catalog = CatalogView.build(CatalogState(), model.position, model.n_items)
+        self.new_books = NewBooks.none(model.n_items, model.weights.dim)
+        self.primary_genre = model.primary_genre  # of every index, new books' included
+        self._encoded: dict[Book, np.ndarray] = {}
 
     def set_catalog(self, state: CatalogState) -> None:
         """Serve the catalog changes of ``state`` (runners/catalog.py) from the next request on."""
         if state.revision != self.catalog.revision:
-            self.catalog = CatalogView.build(state, self.model.position, self.model.n_items)
+            view = CatalogView.build(state, self.model.position, self.model.n_items)
+            m = self.model
+            new = NewBooks.encode(
+                m.content, view.new_books, view.withdrawn_ids, m.n_items, m.weights.dim, self._encoded
+            )
+            self._encoded = {b: self._encoded[b] for b in new.books if b in self._encoded}
+            self.primary_genre = m.primary_genre + [g[0] if g else "" for g in new.genres]
+            self.catalog, self.new_books = view, new
 
     # ------------------------------------------------------------------ reads
     def item(self, i: int, score: float, reason: str) -> Item:
-        book = self.catalog.overrides.get(i)  # a record corrected at runtime wins
-        c = self.model.catalog[i] if book is None else book.record()
+        book = self.catalog.overrides.get(i) if i < self.model.n_items else self.new_books.book(i)
+        c = self.model.catalog[i] if book is None else book.record()  # a record corrected at runtime wins
         return Item(
             item_id=c["item_id"],
             title=c["title"],
@@ -133,9 +145,11 @@ class Recommender:
             if train is not None:
                 weight = dict(zip(train.tolist(), self.model.train_ratings[user_id].tolist(), strict=True))
             seen = list(weight)
+            seen_new = set()
             for e in events:
                 pos = self.model.position.get(e.item_id)
-                if pos is None:  # an item of another model version
+                if pos is None:  # a book added after training, or one of another model version
+                    seen_new.add(e.item_id)
                     continue
                 seen.append(pos)
                 rating = event_rating(e.event, e.value)
@@ -145,7 +159,8 @@ class Recommender:
                 weight[pos] = max(w, weight.get(pos, 0.0))
             history = np.fromiter(weight, dtype=np.int64, count=len(weight))
             ratings = np.fromiter(weight.values(), dtype=np.float32, count=len(weight))
-            return UserState(history, ratings, np.unique(np.asarray(seen, dtype=np.int64)), degraded)
+            seen_arr = np.unique(np.asarray(seen, dtype=np.int64))
+            return UserState(history, ratings, seen_arr, degraded, frozenset(seen_new))
 
     async def trending_scores(self) -> np.ndarray:
         """float32 [n_items]: training popularity decayed since training, plus decayed feedback."""
@@ -214,13 +229,15 @@ class Recommender:
             ranked_scores = result.scores if result.scores is not None else self.model.popularity[cands.items]
             order = np.argsort(-ranked_scores, kind="stable")
             ranked, ranked_scores = cands.items[order], ranked_scores[order]
+            if len(self.new_books) and self.settings.new_books_per_list:
+                ranked, ranked_scores = self._with_new_books(ranked, ranked_scores, cands, user, req)
         with timed("rules"):
             penalty = self.settings.diversity_penalty
             if penalty is None:
                 penalty = self.model.diversity_penalty
-            top = diversify(ranked, self.model.primary_genre, req.k, penalty, self.settings.max_per_genre)
+            top = diversify(ranked, self.primary_genre, req.k, penalty, self.settings.max_per_genre)
             score_of = dict(zip(ranked.tolist(), ranked_scores.tolist(), strict=True))
-            why = rules.reasons(self.model, top, user.history, not cold, req.genres)
+            why = self._reasons(top, user.history, not cold, req.genres)
             items = [self.item(i, score_of[i], r) for i, r in zip(top.tolist(), why, strict=True)]
         return RecommendResponse(
             items=items,
@@ -232,14 +249,57 @@ class Recommender:
             request_id=request_id,
         )
 
+    def _with_new_books(
+        self,
+        ranked: np.ndarray,
+        scores: np.ndarray,
+        cands: Candidates,
+        user: UserState,
+        req: RecommendRequest,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``ranked`` with the user's best new books, placed by retrieval score (runners/new_books.py)."""
+        new = self.new_books
+        ok = np.flatnonzero(new.eligible(user.seen_new, req.genres))
+        if not ok.size:
+            return ranked, scores
+        cosine = new.vectors[ok] @ cands.vector
+        retrieval = cands.features[:, 0]  # the retrieval source's score (models.candidates.feature_names)
+        return place(ranked, scores, retrieval, cosine, ok + new.offset, self.settings.new_books_per_list)
+
+    def _reasons(
+        self, top: np.ndarray, history: np.ndarray, personalized: bool, hint: list[str] | None
+    ) -> list[str]:
+        trained = top < self.model.n_items
+        why = ["new in the catalog, close to what you read"] * len(top)
+        for j, reason in zip(
+            np.flatnonzero(trained),
+            rules.reasons(self.model, top[trained], history, personalized, hint),
+            strict=True,
+        ):
+            why[j] = reason
+        return why
+
     def similar(self, item_id: str, k: int) -> list[Item]:
-        pos = self.index_of(item_id)
-        title = self.model.catalog[pos]["title"]
+        """The nearest books, trained and new alike (new books: by their content vector)."""
+        new = self.new_books
+        at = next((j for j, b in enumerate(new.books) if b.item_id == item_id), None)
+        if at is not None:
+            vector, skip, title = new.vectors[at], new.offset + at, new.books[at].title
+        else:
+            pos = self.index_of(item_id)
+            vector, skip, title = self.model.weights.item_vectors[pos], pos, self.model.catalog[pos]["title"]
         withdrawn = self.catalog.withdrawn_mask
         with timed("retrieval"):
-            ids, scores = self.retrieval.similar(pos, k + int(withdrawn.sum()))
-        keep = ~withdrawn[ids]
-        ids, scores = ids[keep][:k], scores[keep][:k]
+            ids, scores = self.retrieval.nearest(vector, k + int(withdrawn.sum()), skip=skip)
+            keep = ~withdrawn[ids]
+            ids, scores = ids[keep][:k], scores[keep][:k]
+            if len(new):
+                cosine = new.vectors @ vector
+                others = np.flatnonzero(np.arange(len(new)) + new.offset != skip)
+                ids = np.concatenate([ids, others + new.offset])
+                scores = np.concatenate([scores, cosine[others]])
+                order = np.argsort(-scores, kind="stable")[:k]
+                ids, scores = ids[order], scores[order]
         return [
             self.item(i, s, f"similar to {title}") for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
         ]

@@ -22,6 +22,7 @@ class Candidates:
     items: np.ndarray  # int64 [n] internal item indices, merged order
     features: np.ndarray  # float32 [n, F] per-candidate ranker features (models.candidates)
     user_row: np.ndarray  # float32 [user_dim] the ranker's user feature row
+    vector: np.ndarray  # float32 [dim] the user's retrieval vector
 
 
 class RetrievalStage:
@@ -48,11 +49,14 @@ class RetrievalStage:
         top = ids[0][keep][:n].astype(np.int64)
         m = self.model
         c = user_candidates(vec, m.weights.item_vectors, top, m.item_item, history, ratings, drop, n)
-        return Candidates(c.items, c.features, row)
+        return Candidates(c.items, c.features, row, vec)
 
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest items to ``item`` (itself excluded): (indices, cosine scores)."""
-        query = self.model.weights.item_vectors[item][None, :]
-        scores, ids = self.model.index.search(query, min(self.model.n_items, k + 1))
-        keep = (ids[0] >= 0) & (ids[0] != item)
+        return self.nearest(self.model.weights.item_vectors[item], k, skip=item)
+
+    def nearest(self, vector: np.ndarray, k: int, skip: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` trained items nearest ``vector`` (float32 [dim]), ``skip`` excluded."""
+        scores, ids = self.model.index.search(vector[None, :], min(self.model.n_items, k + 1))
+        keep = (ids[0] >= 0) & (ids[0] != skip)
         return ids[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32)

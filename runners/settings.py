@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     precision: str = Field("int8", description="default ranker variant: int8 | fp16 | fp32")
     variants: str | None = Field(None, description="A/B variants: JSON or @path (see runners/variants.py)")
     model_watch_s: float = Field(5.0, ge=0, description="poll the store for a new production version; 0: off")
+    new_books_per_list: int = Field(
+        2, ge=0, le=50, description="at most this many books added after training in one /recommend answer"
+    )
     model_max_age_s: float = Field(
         86400.0, gt=0, description="freshness budget: /info reports a served version older than this as stale"
     )

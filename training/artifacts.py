@@ -12,6 +12,7 @@ import bentoml
 import faiss
 import numpy as np
 
+from models.content import ContentEncoder, book_records
 from training import store
 from training.dataset import Catalog
 from training.experiment import RunResult
@@ -36,12 +37,23 @@ def catalog_json(catalog: Catalog) -> list[dict[str, Any]]:
     ]
 
 
+def fit_content(catalog: Catalog, item_vectors: np.ndarray, seed: int) -> ContentEncoder:
+    """The content encoder of the version (models/content.py): book records -> its item space, what
+    serving uses for books added after training (item cold start)."""
+    records = book_records(catalog.titles, catalog.authors, catalog.genres, catalog.years)
+    encoder = ContentEncoder.fit(records, item_vectors, seed=seed)
+    log.info("content encoder: %s", encoder.report)
+    return encoder
+
+
 def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     """Export the rankers (parity-checked), build the index, and write the rest. Returns
     (parity, index report)."""
     out.mkdir(parents=True, exist_ok=True)
     ds = run.dataset
     run.weights.save(str(out / "retrieval.npz"))
+    content = fit_content(ds.catalog, run.weights.item_vectors, run.seed)
+    content.save(out / store.CONTENT_FILE)
     run.item_item.save(out / "item_item.npz")
     queries = run.test_candidates.features[:, : run.spec.retrieval_dim]
     report = index_report(run.weights.item_vectors, queries)
@@ -93,6 +105,7 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
                 "index": report,
                 "diversity": run.diversity,
                 "refit": run.refit,
+                "content": content.report,
             },
             indent=1,
         )

@@ -33,6 +33,7 @@ def use_configured_store() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         BentoMLContainer.model_store.set(ModelStore(directory))
 
+
 # Every file a stored version must hold for serving.
 ARTIFACTS = (
     "retrieval.npz",
@@ -47,6 +48,8 @@ ARTIFACTS = (
     "histories.npz",
     "metrics.json",
 )
+CONTENT_FILE = "content.npz"  # the content encoder (item cold start); versions saved before it lack it
+OPTIONAL_ARTIFACTS = (CONTENT_FILE,)
 
 
 # The export parity rule: training/export.py enforces it, serving re-checks a version's metadata.
@@ -91,8 +94,9 @@ def save(artifacts: Path, labels: dict[str, str], metadata: dict[str, Any]) -> b
     with bentoml.models.create(
         MODEL_NAME, labels={"stage": "candidate", **labels}, metadata=metadata
     ) as model:
-        for name in ARTIFACTS:
-            shutil.copy2(artifacts / name, Path(model.path) / name)
+        for name in ARTIFACTS + OPTIONAL_ARTIFACTS:
+            if (artifacts / name).is_file():
+                shutil.copy2(artifacts / name, Path(model.path) / name)
     return model
 
 

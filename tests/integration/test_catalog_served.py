@@ -135,6 +135,47 @@ def test_bad_catalog_requests_change_nothing(embedded_env: dict[str, str], tmp_p
         )  # new-1 only: the refused batch changed nothing
 
 
+def test_a_new_book_reaches_its_readers_without_retraining(
+    embedded_env: dict[str, str], planted: dict[str, str], tmp_path: Path
+) -> None:
+    """Item cold start: a fantasy book added through the API gets a vector from its content (the
+    version's encoder) and is recommended to fantasy readers, not to the others; /similar works for it;
+    a reader who bought it is not offered it again; withdrawn, it is gone."""
+    new = {
+        "item_id": "new-f",
+        "title": "Fantasy Book of Dragons",
+        "authors": "Author 3",
+        "genres": ["fantasy"],
+    }
+    new |= {"year": 1975}
+    fantasy = [u for u, g in planted.items() if g == "fantasy"][:30]
+    history = [u for u, g in planted.items() if g == "history"][:30]
+    with ServedFolio(embedded_env, tmp_path / "a.log") as served, client(served) as c:
+
+        def share(users: list[str]) -> float:  # of the users whose top 5 holds the new book
+            answers = [ids(c.post("/recommend", json={"user_id": u, "k": 5}).json()) for u in users]
+            return sum("new-f" in a for a in answers) / len(users)
+
+        assert share(fantasy) == 0.0
+        assert c.post("/admin/catalog/books", json={"books": [new]}).status_code == 200
+        to_fantasy, to_history = share(fantasy), share(history)
+        assert to_fantasy >= 0.8 and to_history <= 0.1, (to_fantasy, to_history)
+        shown = c.post("/recommend", json={"user_id": fantasy[0], "k": 5}).json()["items"]
+        item = next(i for i in shown if i["item_id"] == "new-f")
+        assert item["title"] == new["title"] and item["reason"].startswith("new in the catalog")
+        neighbours = c.post("/similar", json={"item_id": "new-f", "k": 5}).json()["items"]
+        assert sum("fantasy" in i["genres"] for i in neighbours) >= 4, neighbours
+        reader = next(u for u in fantasy if "new-f" in ids(c.post("/recommend", json={"user_id": u}).json()))
+        assert (
+            c.post("/feedback", json={"user_id": reader, "item_id": "new-f", "event": "purchase"}).status_code
+            == 200
+        )
+        assert "new-f" not in ids(c.post("/recommend", json={"user_id": reader}).json())
+        assert c.post("/admin/catalog/withdraw", json={"item_ids": ["new-f"]}).status_code == 200
+        assert share(fantasy) == 0.0
+        assert "new-f" not in ids(c.post("/similar", json={"item_id": "b1", "k": 20}).json())
+
+
 def test_admin_catalog_is_off_without_keys(model_tag: str, tmp_path: Path) -> None:
     env = {"FOLIO_MODEL_TAG": model_tag, "FOLIO_STATE_DIR": str(tmp_path), "FOLIO_TRITON_URL": "127.0.0.1:1"}
     with ServedFolio(env, tmp_path / "serve.log") as served:
