@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from runners.schemas import RecommendResponse
 from training.baselines import EASE
-from training.dataset import Dataset
+from training.dataset import Catalog, Dataset
 from training.fetch import DATASETS, fetch
 from training.loaders import load_dataset, load_goodbooks
 from training.metrics import accuracy, top_k
@@ -73,6 +73,26 @@ def _text(s: str) -> str:
     return " ".join(s.splitlines()).strip()  # the loaders read one record per physical line, stripped
 
 
+def write_books(path: Path, cat: Catalog) -> None:
+    """``cat`` as a Goodbooks-style books.csv (what load_goodbooks reads back)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(BOOK_COLUMNS)
+        for i, t, a, g, y in zip(cat.item_ids, cat.titles, cat.authors, cat.genres, cat.years, strict=True):
+            w.writerow([i, _text(t), _text(a), _num(float(y)), "|".join(g)])
+
+
+def write_ratings(path: Path, ds: Dataset, rows: np.ndarray) -> None:
+    """The interactions ``rows`` of ``ds`` (in that order) as a Goodbooks-style ratings.csv."""
+    inter, cat = ds.interactions, ds.catalog
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(("user_id", "book_id", "rating", "timestamp"))
+        for r in rows:
+            u, i = inter.user_ids[inter.users[r]], cat.item_ids[inter.items[r]]
+            w.writerow((u, i, _num(float(inter.ratings[r])), _num(float(inter.timestamps[r]))))
+
+
 def write_split(ds: Dataset, out: Path, share: float, seed: int) -> np.ndarray:
     """Write books.csv, ratings.csv (kept rows, file order) and holdout.csv; returns the held-out mask."""
     if not 0.0 < share < 1.0:
@@ -80,17 +100,8 @@ def write_split(ds: Dataset, out: Path, share: float, seed: int) -> np.ndarray:
     inter, cat = ds.interactions, ds.catalog
     held = holdout_mask(inter.users, share, seed)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "books.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(BOOK_COLUMNS)
-        for i, t, a, g, y in zip(cat.item_ids, cat.titles, cat.authors, cat.genres, cat.years, strict=True):
-            w.writerow([i, _text(t), _text(a), _num(float(y)), "|".join(g)])
-    with open(out / "ratings.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(("user_id", "book_id", "rating", "timestamp"))
-        for r in np.flatnonzero(~held):
-            u, i = inter.user_ids[inter.users[r]], cat.item_ids[inter.items[r]]
-            w.writerow((u, i, _num(float(inter.ratings[r])), _num(float(inter.timestamps[r]))))
+    write_books(out / "books.csv", cat)
+    write_ratings(out / "ratings.csv", ds, np.flatnonzero(~held))
     with open(out / "holdout.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(("user_id", "book_id"))
@@ -257,6 +268,34 @@ def retry_after(response: httpx.Response, default_s: float = 1.0) -> float:
         return default_s
 
 
+@dataclass(frozen=True)
+class Posted:
+    response: httpx.Response | None  # the first answer that is not a 429; None: none came
+    failure: str | None  # why none came: the httpx error's class name, or "429 x<max_429>"
+    retries_429: int  # 429 answers received (each waited out per Retry-After)
+
+
+async def post_retrying(
+    client: httpx.AsyncClient,
+    path: str,
+    body: Any,
+    max_429: int = 50,
+    headers: dict[str, str] | None = None,
+) -> Posted:
+    """POST ``body`` as JSON to ``path``, waiting out up to ``max_429`` 429s (Retry-After)."""
+    retries = 0
+    for _ in range(max_429):
+        try:
+            r = await client.post(path, json=body, headers=headers)
+        except httpx.HTTPError as e:
+            return Posted(None, type(e).__name__, retries)
+        if r.status_code != 429:
+            return Posted(r, None, retries)
+        retries += 1
+        await asyncio.sleep(retry_after(r))
+    return Posted(None, f"429 x{max_429}", retries)
+
+
 async def fetch_lists(
     url: str,
     users: Sequence[str],
@@ -276,19 +315,12 @@ async def fetch_lists(
 
     async def one(client: httpx.AsyncClient, user: str) -> None:
         async with sem:
-            for _ in range(max_429):
-                try:
-                    r = await client.post("/recommend", json={"user_id": user, **request})
-                except httpx.HTTPError as e:
-                    served.failures[type(e).__name__] += 1
-                    return
-                if r.status_code != 429:
-                    break
-                served.retries_429 += 1
-                await asyncio.sleep(retry_after(r))
-            else:
-                served.failures[f"429 x{max_429}"] += 1
+            out = await post_retrying(client, "/recommend", {"user_id": user, **request}, max_429)
+            served.retries_429 += out.retries_429
+            if out.response is None:
+                served.failures[out.failure or "no answer"] += 1
                 return
+            r = out.response
             if r.status_code != 200:
                 served.failures[str(r.status_code)] += 1
                 return

@@ -49,6 +49,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.content import BLOCKS, BookRecord, ContentEncoder, book_records
+from models.features import genre_matrix
 from models.retrieval import RetrievalConfig, RetrievalWeights
 from training.dataset import Dataset, Interactions
 from training.loaders import load_dataset
@@ -144,16 +145,6 @@ def setup(raw: Dataset, seed: int, cold_share: float, cache: Path | None) -> Set
 
 
 # --- baselines -----------------------------------------------------------------------------------
-
-
-def genre_matrix(genres: list[tuple[str, ...]], vocab: list[str]) -> np.ndarray:
-    index = {g: j for j, g in enumerate(vocab)}
-    out = np.zeros((len(genres), len(vocab)), dtype=np.float64)
-    for i, gs in enumerate(genres):
-        for g in gs:
-            if g in index:
-                out[i, index[g]] = 1.0
-    return out
 
 
 def genre_pop_vectors(
@@ -334,8 +325,8 @@ def evaluate(
     cold_vecs: dict[str, np.ndarray] = {name: e.encode(cold_rec) for name, e in encoders.items()}
 
     vocab = cat.genre_vocab
-    warm_g = genre_matrix([cat.genres[i] for i in st.warm], vocab)
-    cold_g = genre_matrix([cat.genres[i] for i in st.cold], vocab)
+    warm_g = genre_matrix([cat.genres[i] for i in st.warm], tuple(vocab)).astype(np.float64)
+    cold_g = genre_matrix([cat.genres[i] for i in st.cold], tuple(vocab)).astype(np.float64)
     pop = np.asarray(st.train.sum(0)).ravel()
     cold_vecs["genre-pop"] = genre_pop_vectors(warm_vectors, warm_g, pop, cold_g, genre_top)
     rng = np.random.default_rng([seed, 13])

@@ -233,11 +233,14 @@ def apply_feedback(ds: Dataset, rows: pd.DataFrame) -> Dataset:
     both = at >= 0
     ratings[at[both]] = np.maximum(ratings[at[both]], pairs["rating"].to_numpy()[both])
     new = pairs[~both]
+    stamps = new["timestamp"].to_numpy(np.float64)
+    if len(inter) and np.isnan(inter.timestamps).all():  # undated data: file order is the timeline
+        stamps = np.full(stamps.size, np.nan)  # (appended after it, feedback stays the newest)
     merged = Interactions(
         users=np.concatenate([inter.users, new["user"].to_numpy(np.int64)]),
         items=np.concatenate([inter.items, new["item"].to_numpy(np.int64)]),
         ratings=np.concatenate([ratings, new["rating"].to_numpy(np.float32)]),
-        timestamps=np.concatenate([inter.timestamps, new["timestamp"].to_numpy(np.float64)]),
+        timestamps=np.concatenate([inter.timestamps, stamps]),
         user_ids=user_ids,
     )
     log.info(

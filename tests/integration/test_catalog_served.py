@@ -215,3 +215,15 @@ def test_every_worker_serves_a_withdrawal_within_a_second(
                 assert info["catalog"]["revision"] == 1 and info["catalog"]["log"] == "redis"
                 seen.add(info["worker_pid"])
         assert len(pids | seen) == 2, "the requests did not reach both workers"
+        # a book added on one worker is known to every worker within a second (its content vector too)
+        with client(served) as c:
+            book = {"item_id": "new-r", "title": "Fantasy Book Anew", "genres": ["fantasy"]}
+            assert c.post("/admin/catalog/books", json={"books": [book]}).status_code == 200
+        time.sleep(1.0)
+        answered: set[int] = set()
+        for _ in range(12):
+            with client(served) as fresh:
+                r = fresh.post("/similar", json={"item_id": "new-r", "k": 3})
+                assert r.status_code == 200 and len(r.json()["items"]) == 3, r.text
+                answered.add(fresh.post("/info", json={}).json()["worker_pid"])
+        assert len(answered) == 2, "the requests did not reach both workers"

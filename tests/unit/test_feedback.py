@@ -233,3 +233,14 @@ def test_stray_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "feedback-notes.csv").write_text("x\n")
     (tmp_path / ".feedback-journal-5-0.csv.tmp").write_text("partial")
     assert exported_files(tmp_path) == [] and os.listdir(tmp_path)
+
+
+def test_feedback_on_undated_data_stays_after_it_in_file_order() -> None:
+    """Timelines (training/protocol.timeline_matrix) put undated rows after dated ones: dated feedback
+    appended to undated data would come first; undated, it keeps its place at the end."""
+    ds, i = dataset(), dataset().interactions
+    undated = Dataset(
+        ds.name, ds.catalog, Interactions(i.users, i.items, i.ratings, np.full(2, np.nan), i.user_ids)
+    )
+    out = apply_feedback(undated, rows(("w", "c", 4.0, 12.0, "click")))
+    assert np.isnan(out.interactions.timestamps).all() and out.interactions.items.tolist() == [0, 1, 2]
