@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -166,5 +167,7 @@ def test_feedback_on_a_new_book_reaches_the_next_version_without_a_restart(
         assert sum(got) >= 0.8 * len(others), f"{sum(got)} of {len(others)} similar readers get the new book"
         info = c.post("/info", json={}).json()
         assert info["model_freshness"]["age_s"] < 600 and info["model_freshness"]["stale"] is False
+        age = re.search(r"^folio_model_age_seconds(?:\{[^}]*\})? ([0-9.e+]+)$", c.get("/metrics").text, re.M)
+        assert age is not None and 0 <= float(age[1]) < 600
         assert served.alive()  # no restart
     assert traffic.sent > 50 and traffic.failures == [], traffic.failures[:5]
