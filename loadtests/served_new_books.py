@@ -46,7 +46,6 @@ import asyncio
 import csv
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -64,8 +63,11 @@ from loadtests.served_quality import (
     fetch_lists,
     list_metrics,
     post_retrying,
+    prepared_dataset,
     service_stats,
+    warn_if_protocol_folder,
     write_books,
+    write_holdout,
     write_ratings,
 )
 from models.features import genre_matrix
@@ -73,10 +75,8 @@ from runners.schemas import SimilarResponse
 from training.artifacts import catalog_json
 from training.cold_start_eval import cooccurrence, holdout_items
 from training.dataset import Dataset
-from training.fetch import DATASETS, fetch
-from training.loaders import load_dataset, load_goodbooks
+from training.loaders import load_goodbooks
 from training.metrics import top_k
-from training.protocol import PROTOCOLS, prepare, protocol_for
 
 K_RECOMMEND, K_NDCG, K_SIMILAR = 50, 10, 10
 K_SIMILAR_DEEP = 100  # /similar is asked for this many: the first 10 are scored, the rest diagnose
@@ -108,20 +108,12 @@ def write_item_split(ds: Dataset, out: Path, share: float, seed: int) -> np.ndar
     write_books(out / "books.csv", cat.subset(np.flatnonzero(~is_cold)))
     write_ratings(out / "ratings.csv", ds, np.flatnonzero(~held))
     (out / "new_books.json").write_text(json.dumps(catalog_json(cat.subset(cold)), indent=1) + "\n")
-    with open(out / "holdout.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(("user_id", "book_id"))
-        w.writerows(
-            (inter.user_ids[inter.users[r]], cat.item_ids[inter.items[r]]) for r in np.flatnonzero(held)
-        )
+    write_holdout(out / "holdout.csv", ds, held)
     return cold
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    if args.dataset in DATASETS:
-        fetch(args.dataset, args.data_dir)
-    raw = load_dataset(args.dataset, args.data_dir)
-    ds = prepare(raw, protocol_for(raw.name))
+    ds = prepared_dataset(args.dataset, args.data_dir)
     cold = write_item_split(ds, args.out, args.item_share, args.seed)
     held = np.isin(ds.interactions.items, cold)
     print(
@@ -130,12 +122,7 @@ def cmd_split(args: argparse.Namespace) -> None:
         f"{np.unique(ds.interactions.users[held]).size} users ({args.out / 'holdout.csv'}); "
         f"{int((~held).sum())} interactions on the other books in {args.out / 'ratings.csv'}"
     )
-    if args.out.resolve().name in PROTOCOLS:
-        print(
-            f"warning: training on a folder named {args.out.resolve().name!r} applies that dataset's "
-            "protocol again; rename the folder",
-            file=sys.stderr,
-        )
+    warn_if_protocol_folder(args.out)
 
 
 # --------------------------------------------------------------------------------------- baselines

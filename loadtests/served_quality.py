@@ -102,20 +102,40 @@ def write_split(ds: Dataset, out: Path, share: float, seed: int) -> np.ndarray:
     out.mkdir(parents=True, exist_ok=True)
     write_books(out / "books.csv", cat)
     write_ratings(out / "ratings.csv", ds, np.flatnonzero(~held))
-    with open(out / "holdout.csv", "w", newline="", encoding="utf-8") as f:
+    write_holdout(out / "holdout.csv", ds, held)
+    return held
+
+
+def write_holdout(path: Path, ds: Dataset, held: np.ndarray) -> None:
+    """holdout.csv: (user_id, book_id) of the interactions ``held`` (bool per row) marks."""
+    inter, cat = ds.interactions, ds.catalog
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(("user_id", "book_id"))
         w.writerows(
             (inter.user_ids[inter.users[r]], cat.item_ids[inter.items[r]]) for r in np.flatnonzero(held)
         )
-    return held
+
+
+def prepared_dataset(name: str, data_dir: Path) -> Dataset:
+    """The dataset (fetched when it is a known one) after its evaluation protocol (training.protocol)."""
+    if name in DATASETS:
+        fetch(name, data_dir)
+    raw = load_dataset(name, data_dir)
+    return prepare(raw, protocol_for(raw.name))
+
+
+def warn_if_protocol_folder(out: Path) -> None:
+    if out.resolve().name in PROTOCOLS:
+        print(
+            f"warning: training on a folder named {out.resolve().name!r} applies that dataset's "
+            "protocol again; rename the folder",
+            file=sys.stderr,
+        )
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    if args.dataset in DATASETS:
-        fetch(args.dataset, args.data_dir)
-    raw = load_dataset(args.dataset, args.data_dir)
-    ds = prepare(raw, protocol_for(raw.name))
+    ds = prepared_dataset(args.dataset, args.data_dir)
     held = write_split(ds, args.out, args.holdout_share, args.seed)
     n_users = np.unique(ds.interactions.users[held]).size
     print(
@@ -123,12 +143,7 @@ def cmd_split(args: argparse.Namespace) -> None:
         f"{int((~held).sum())} interactions in {args.out / 'ratings.csv'}, {int(held.sum())} held out "
         f"for {n_users} users in {args.out / 'holdout.csv'}"
     )
-    if args.out.resolve().name in PROTOCOLS:
-        print(
-            f"warning: training on a folder named {args.out.resolve().name!r} applies that dataset's "
-            "protocol again; rename the folder",
-            file=sys.stderr,
-        )
+    warn_if_protocol_folder(args.out)
 
 
 # ------------------------------------------------------------------------------------ evaluation
