@@ -10,8 +10,8 @@ needs neither:
   retrieval score a trained candidate gets. A new book that would be the r-th best of the user's
   retrieval candidates is placed r-th in the ranked list; at most ``per_list`` new books per answer.
 * ``/similar``: the neighbours of a new book are the trained books nearest its content vector. New books
-  are listed as nobody's neighbours: their vectors sit near the catalog's average direction and would
-  crowd every answer (served on ML-1M, 8.6 of a new book's 10 neighbours were other new books).
+  are listed as nobody's neighbours: content vectors sit closer to one another than trained books do and
+  would crowd every answer (served on ML-1M, 8.6 of a new book's 10 neighbours were other new books).
 
 Internal indices: a new book is ``n_items + j`` (j: its row here), so the rules downstream (diversity,
 the answer's records) treat it like any other index.

@@ -281,8 +281,8 @@ class Recommender:
 
     def similar(self, item_id: str, k: int) -> list[Item]:
         """The nearest trained books (for a book added after training: to its content vector). New books
-        are not listed as neighbours: content vectors sit near the catalog's average direction, so they
-        would crowd out the trained books of every answer (measured: 8.6 of 10 on ML-1M)."""
+        are not listed as neighbours: content vectors sit closer to one another than trained books do, so
+        they would crowd out the trained books of every answer (measured: 8.6 of 10 on ML-1M)."""
         new = self.new_books
         at = next((j for j, b in enumerate(new.books) if b.item_id == item_id), None)
         if at is not None:
