@@ -35,6 +35,11 @@ TRITON_ERRORS = bentoml.metrics.Counter(
 TRITON_RESTARTS = bentoml.metrics.Counter(
     name="folio_triton_restarts", documentation="Restarts of the embedded tritonserver"
 )
+RANKING_EVENTS = bentoml.metrics.Counter(
+    name="folio_ranking_events",
+    documentation="Ranking stage events: triton_error, breaker_open, restart, start_failure, fallback_*",
+    labelnames=["event"],
+)
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="folio_ranking_candidates",
     documentation="Candidates per ranking call",
@@ -117,10 +122,13 @@ def timed(stage: str) -> Iterator[None]:
 
 
 def ranking_event(name: str, value: float) -> None:
-    """`RankingStage(on_event=...)`: Triton errors, restarts and latency as Prometheus metrics."""
+    """`RankingStage(on_event=...)`: every event of the ranking stage as Prometheus metrics (the Triton
+    call's latency as a stage histogram, the others counted by name: a breaker opening included)."""
+    if name == "triton_latency_s":
+        STAGE_SECONDS.labels(stage="triton_call").observe(value)
+        return
+    RANKING_EVENTS.labels(event=name).inc()
     if name == "triton_error":
         TRITON_ERRORS.inc()
     elif name == "restart":
         TRITON_RESTARTS.inc()
-    elif name == "triton_latency_s":
-        STAGE_SECONDS.labels(stage="triton_call").observe(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -85,6 +86,10 @@ def test_triton_killed_falls_back_then_recovers(embedded: ServedFolio) -> None:
 
     wait_for(back_on_triton, 90, "not back on Triton after a restart", embedded.log_tail)
     assert embedded.alive()
+    metrics = httpx.get(f"{base}/metrics", timeout=30).text  # every ranking event reaches Prometheus
+    for event in ("triton_error", "breaker_open", "fallback_onnxruntime", "restart"):
+        line = rf'^folio_ranking_events_total\{{[^}}]*event="{event}"[^}}]*\}} [1-9]'
+        assert re.search(line, metrics, re.M), f"no {event} in /metrics"
 
 
 def test_shutdown_stops_the_embedded_triton(model_tag: str, tmp_path: Path) -> None:
