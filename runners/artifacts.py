@@ -48,9 +48,7 @@ class ServedModel:
     train_ratings: dict[str, np.ndarray]  # user id -> float32 rating weights, aligned with train_histories
     candidates: int  # candidates per user the ranker was trained on
     diversity_penalty: float  # models/diversity.py penalty chosen on validation
-    content: (
-        ContentEncoder | None
-    )  # book records -> item vectors (books added at runtime); None: older version
+    content: ContentEncoder | None  # book records -> item vectors (new books); None: an older version
 
     @property
     def n_items(self) -> int:

@@ -33,11 +33,10 @@ class NewBooks:
     offset: int  # index of the first new book (the version's n_items)
     books: tuple[Book, ...]
     vectors: np.ndarray  # float32 [m, dim], L2-normalized
-    genres: tuple[tuple[str, ...], ...]
 
     @classmethod
     def none(cls, n_items: int, dim: int) -> NewBooks:
-        return cls(n_items, (), np.zeros((0, dim), np.float32), ())
+        return cls(n_items, (), np.zeros((0, dim), np.float32))
 
     @classmethod
     def encode(
@@ -59,7 +58,7 @@ class NewBooks:
             for b, v in zip(todo, encoder.encode(records), strict=True):
                 cache[b] = v
         vectors = np.stack([cache[b] for b in kept]) if kept else np.zeros((0, dim), np.float32)
-        return cls(n_items, kept, vectors.astype(np.float32), tuple(b.genres for b in kept))
+        return cls(n_items, kept, vectors.astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.books)

@@ -107,8 +107,8 @@ class Recommender:
             new = NewBooks.encode(
                 m.content, view.new_books, view.withdrawn_ids, m.n_items, m.weights.dim, self._encoded
             )
-            self._encoded = {b: self._encoded[b] for b in new.books if b in self._encoded}
-            self.primary_genre = m.primary_genre + [g[0] if g else "" for g in new.genres]
+            self._encoded = {b: self._encoded[b] for b in new.books}  # forget removed or changed books
+            self.primary_genre = m.primary_genre + [b.genres[0] if b.genres else "" for b in new.books]
             self.catalog, self.new_books = view, new
 
     # ------------------------------------------------------------------ reads

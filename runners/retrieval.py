@@ -51,10 +51,6 @@ class RetrievalStage:
         c = user_candidates(vec, m.weights.item_vectors, top, m.item_item, history, ratings, drop, n)
         return Candidates(c.items, c.features, row, vec)
 
-    def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest items to ``item`` (itself excluded): (indices, cosine scores)."""
-        return self.nearest(self.model.weights.item_vectors[item], k, skip=item)
-
     def nearest(self, vector: np.ndarray, k: int, skip: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` trained items nearest ``vector`` (float32 [dim]), ``skip`` excluded."""
         scores, ids = self.model.index.search(vector[None, :], min(self.model.n_items, k + 1))

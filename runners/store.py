@@ -215,7 +215,7 @@ def local_hash_key(directory: Path) -> bytes:
             f.write(secrets.token_hex(32))
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(directory)
+        fsync_dir(directory)
     key = path.read_text().strip()
     if len(key) < 32:
         raise ValueError(f"{path} holds no usable key: delete it to make a new one")
@@ -239,7 +239,7 @@ def read_journal(path: Path) -> tuple[list[bytes], bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         path.touch()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return [], False
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
@@ -485,7 +485,7 @@ class LocalState:
             return
         head = await asyncio.to_thread(self._filter, _read_range(self.journal_path, 0, end), purge)
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
-        await asyncio.to_thread(_write_synced, tmp, head.kept, "wb")
+        await asyncio.to_thread(write_synced, tmp, head.kept, "wb")
         async with self._lock:
             tail_bytes = _read_range(self.journal_path, end, self._journal.tell())
             tail = await asyncio.to_thread(self._filter, tail_bytes, purge)
@@ -502,11 +502,11 @@ class LocalState:
                     self._journal_users.discard(user)
 
     def _swap(self, tmp: Path, extra: list[bytes]) -> None:
-        _write_synced(tmp, extra, "ab")
+        write_synced(tmp, extra, "ab")
         new = open(tmp, "ab")  # noqa: SIM115  (opened before the rename: no failure after it)
         os.replace(tmp, self.journal_path)
         self._journal.adopt(new)
-        _fsync_dir(self.journal_path.parent)
+        fsync_dir(self.journal_path.parent)
 
     async def _compact_pending(self) -> None:
         while self._purge:
@@ -521,7 +521,7 @@ class LocalState:
         purge = set(self._purge)
         done = self._filter(self.journal_path.read_bytes(), purge)
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
-        _write_synced(tmp, [*done.kept, *_trending_record(done.removed, self.half_life_s)], "wb")
+        write_synced(tmp, [*done.kept, *_trending_record(done.removed, self.half_life_s)], "wb")
         self._swap(tmp, [])
         self._purge.clear()
         self._journal_users -= purge - done.kept_users
@@ -624,14 +624,14 @@ def _read_range(path: Path, start: int, end: int) -> bytes:
         return f.read(end - start)
 
 
-def _write_synced(path: Path, lines: list[bytes], mode: str) -> None:
+def write_synced(path: Path, lines: list[bytes], mode: str) -> None:
     with open(path, mode) as f:
         f.writelines(lines)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

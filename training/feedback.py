@@ -45,6 +45,7 @@ import pandas as pd
 
 from models.candidates import POSITIVE_RATING, event_rating
 from runners.feedback_log import FeedbackLog, LogRecord, Position
+from runners.store import fsync_dir, write_synced
 from training.dataset import Dataset, Interactions
 from training.loaders import _numbers, _read_csv, _require
 
@@ -165,19 +166,14 @@ def _num(x: float) -> str:
 
 
 def _write_atomic(path: Path, rows: list[list[str]]) -> None:
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(COLUMNS)
+    w.writerows(rows)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(tmp, [text.getvalue().encode()], "wb")
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 # ------------------------------------------------------------------------------------------ merge
