@@ -3,7 +3,7 @@
 Start-up loads the served model version (``FOLIO_MODEL_TAG`` or the store's production version),
 opens the state store (Redis with ``FOLIO_REDIS_URL``, else in-process + a local journal) and the
 ranking stage (the embedded tritonserver, or ``FOLIO_TRITON_URL``). Endpoints only translate HTTP to
-``runners.recommender.Recommender`` calls and errors to 4xx/503 with a message saying what to fix.
+``runners.stages.pipeline.Recommender`` calls and errors to 4xx/503 with a message saying what to fix.
 """
 
 from __future__ import annotations
@@ -18,16 +18,9 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from runners import bentoml_fixes
-from runners.artifacts import ModelLoadError
-from runners.bento_image import bento_image
-from runners.catalog import Book, CatalogChange, CatalogState, open_catalog
-from runners.fleet import Fleet, UnknownVariant, primary_tag
-from runners.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
-from runners.lifecycle import Drain
-from runners.recommender import InvalidEvent, UnknownItem, WithdrawnItem
-from runners.recommender import Recommender as Pipeline
-from runners.schemas import (
+from models import registry
+from runners.http.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
+from runners.http.schemas import (
     CatalogBooks,
     CatalogItems,
     CatalogResponse,
@@ -45,13 +38,20 @@ from runners.schemas import (
     TrendingRequest,
     TrendingResponse,
 )
-from runners.settings import load_settings
-from runners.store import StateUnavailable, open_state
-from runners.threads import limit_numeric_threads
-from training import store
+from runners.platform import bentoml_patch
+from runners.platform.bento_image import bento_image
+from runners.platform.settings import load_settings
+from runners.platform.threads import limit_numeric_threads
+from runners.serving.fleet import Fleet, UnknownVariant, primary_tag
+from runners.serving.lifecycle import Drain
+from runners.stages.pipeline import InvalidEvent, UnknownItem, WithdrawnItem
+from runners.stages.pipeline import Recommender as Pipeline
+from runners.stages.served_model import ModelLoadError
+from runners.state.catalog import Book, CatalogChange, CatalogState, open_catalog
+from runners.state.store import StateUnavailable, open_state
 
 log = logging.getLogger("runners.service")
-bentoml_fixes.install()  # before BentoML builds the app: see the module
+bentoml_patch.install()  # before BentoML builds the app: see the module
 RUNTIME = Runtime()
 
 
@@ -74,7 +74,7 @@ class Recommender:
 
     def __init__(self) -> None:
         configure_logging()
-        store.use_configured_store()  # FOLIO_MODEL_STORE: versions come from a shared store from here on
+        registry.use_configured_store()  # FOLIO_MODEL_STORE: versions come from a shared store from here on
         self.settings = load_settings()
         limit_numeric_threads(self.settings.numeric_threads)
         self.state = open_state(
@@ -221,7 +221,7 @@ class Recommender:
             new, previous = await self.fleet.admin_reload(request.tag)
         except LookupError as exc:
             return problem(409, str(exc))
-        except (ModelLoadError, store.StoreError) as exc:
+        except (ModelLoadError, registry.StoreError) as exc:
             return problem(409, f"refused, still serving {self.model_version}: {exc}")
         return ReloadResponse(model_version=new, previous=previous, request_id=REQUEST_ID.get())
 

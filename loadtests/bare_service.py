@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import bentoml
 
-from runners import bentoml_fixes
+from runners.platform import bentoml_patch
 
-bentoml_fixes.install()
+bentoml_patch.install()
 
 
 @bentoml.service(name="bare", traffic={"timeout": 30})

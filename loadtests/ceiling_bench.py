@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
-    from runners.artifacts import served_tag
+    from runners.stages.served_model import served_tag
 
     tag = served_tag(args.tag)
     folio = {"FOLIO_MODEL_TAG": tag, "FOLIO_RATE_LIMIT_RPS": "0", "FOLIO_PRECISION": "int8"}

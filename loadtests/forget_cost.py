@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from runners.store import Event, LocalState, RedisState
+from runners.state.store import Event, LocalState, RedisState
 
 
 async def measure(events: int) -> dict[str, float]:

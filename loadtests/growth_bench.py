@@ -39,7 +39,7 @@ import psutil
 from loadtests.openloop import open_loop
 from loadtests.servers import ROOT, ServedFolio
 from loadtests.synthetic_model import build_synthetic_version, find_synthetic_version
-from training import store
+from models import registry
 
 log = logging.getLogger("loadtests.growth_bench")
 DEFAULT_CANDIDATES = 200  # a trained version's default (training.pipeline.RankerConfig): the catalog sweep
@@ -110,7 +110,7 @@ def load(url: str, users: list[str], rps: float, seconds: float) -> dict[str, An
 
 def known_users(tag: str, limit: int = 5000, seed: int = 0) -> list[str]:
     """Users of the version's histories with at least MIN_HISTORY items (the retrieve + rank path)."""
-    path = Path(store.get(tag).path) / "histories.npz"
+    path = Path(registry.get(tag).path) / "histories.npz"
     with np.load(path) as h:
         lengths = np.diff(h["indptr"])
         users = [
@@ -129,7 +129,7 @@ def version_for(n_items: int) -> tuple[str, dict[str, Any]]:
         t0 = time.perf_counter()
         tag = build_synthetic_version(n_items)
         built_now, wall = True, time.perf_counter() - t0
-    meta = store.get(tag).info.metadata
+    meta = registry.get(tag).info.metadata
     synthetic: Any = meta.get("synthetic", {})
     steps = synthetic.get("build_seconds", {})
     onnx_bytes = synthetic.get("onnx_bytes", {})
@@ -142,14 +142,14 @@ def version_for(n_items: int) -> tuple[str, dict[str, Any]]:
         "index": index.get("kind"),
         "index_recall@10": index.get("recall@10_vs_exact"),
         "onnx_mb": {k: round(v / 2**20, 1) for k, v in onnx_bytes.items()},
-        "store_mb": round(sum(f.stat().st_size for f in Path(store.get(tag).path).iterdir()) / 2**20, 1),
+        "store_mb": round(sum(f.stat().st_size for f in Path(registry.get(tag).path).iterdir()) / 2**20, 1),
     }
 
 
 def trained_version(tag: str) -> tuple[str, dict[str, Any]]:
     """(tag, info) of a trained version (``--tags``), in ``version_for``'s shape, plus its item count and
     the candidate count it was trained with (ranker.json)."""
-    model = store.get(tag)
+    model = registry.get(tag)
     meta: Any = model.info.metadata
     path = Path(model.path)
     index: Any = meta.get("index", {})

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runners import artifacts
-from runners.metrics import STAGE_TRACE
-from runners.ranking import RankingStage
-from runners.recommender import Recommender
-from runners.schemas import RecommendRequest, RecommendResponse
-from runners.settings import Settings
-from runners.store import LocalState
-from runners.threads import limit_numeric_threads
+from runners.http.schemas import RecommendRequest, RecommendResponse
+from runners.platform.metrics import STAGE_TRACE
+from runners.platform.settings import Settings
+from runners.platform.threads import limit_numeric_threads
+from runners.stages import served_model
+from runners.stages.pipeline import Recommender
+from runners.stages.ranking import RankingStage
+from runners.state.store import LocalState
 
 STAGES = ("cache", "history", "retrieval", "ranking", "rules")
 
@@ -41,7 +41,7 @@ def table(rows: dict[str, list[float]]) -> str:
 async def in_process(args: argparse.Namespace) -> list[str]:
     settings = Settings(model_tag=args.tag, precision=args.precision, cache_ttl_s=0)
     limit_numeric_threads(settings.numeric_threads)  # as service.py does (FOLIO_NUMERIC_THREADS)
-    model = artifacts.load(artifacts.resolve(settings.model_tag))
+    model = served_model.load(served_model.resolve(settings.model_tag))
     users = [u for u, h in model.train_histories.items() if len(h) >= settings.cold_start_threshold]
     with tempfile.TemporaryDirectory() as tmp:
         state = LocalState(Path(tmp) / "journal.jsonl")

@@ -32,9 +32,9 @@ def population() -> tuple[list[str], np.ndarray, list[str]]:
     """(users by activity, their Zipf probabilities, item ids)."""
     users, items = _ids("FOLIO_LOAD_USERS"), _ids("FOLIO_LOAD_ITEMS")
     if users is None or items is None:
-        from training import store
+        from models import registry
 
-        model = store.production()
+        model = registry.production()
         if model is None:
             raise RuntimeError("set FOLIO_LOAD_USERS and FOLIO_LOAD_ITEMS, or promote a model locally")
         path = Path(model.path)

@@ -5,7 +5,7 @@ through the admin API, then recommended and answered by /similar.
     BENTOML_HOME=/tmp/nb/home100 FOLIO_STATE_DIR=/tmp/nb/state100 \\
         python -m training main --dataset /tmp/nb/ml100k-items --no-feedback --no-catalog-changes \\
         --out /tmp/nb/repo100
-    DIGEST=$(python -c "from runners.settings import hash_key; print(hash_key('nb-key'))")
+    DIGEST=$(python -c "from runners.platform.settings import hash_key; print(hash_key('nb-key'))")
     BENTOML_HOME=/tmp/nb/home100 FOLIO_STATE_DIR=/tmp/nb/state100 FOLIO_API_KEYS=$DIGEST \\
         FOLIO_RATE_LIMIT_RPS=0 FOLIO_CACHE_TTL_S=0 bentoml serve service:Recommender --port 3111 &
     FOLIO_API_KEY=nb-key python -m loadtests.served_new_books evaluate --url http://127.0.0.1:3111 \\
@@ -71,7 +71,7 @@ from loadtests.served_quality import (
     write_ratings,
 )
 from models.features import genre_matrix
-from runners.schemas import SimilarResponse
+from runners.http.schemas import SimilarResponse
 from training.artifacts import catalog_json
 from training.cold_start_eval import cooccurrence, holdout_items
 from training.dataset import Dataset
@@ -81,7 +81,7 @@ from training.metrics import top_k
 K_RECOMMEND, K_NDCG, K_SIMILAR = 50, 10, 10
 K_SIMILAR_DEEP = 100  # /similar is asked for this many: the first 10 are scored, the rest diagnose
 POSITION_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)  # [0,1), [1,2), [2,3), [3,5), ... of a new book's rank
-ADMIN_BATCH = 1000  # runners.catalog.MAX_CHANGES: the most books /admin/catalog/books takes at once
+ADMIN_BATCH = 1000  # runners.state.catalog.MAX_CHANGES: the most books /admin/catalog/books takes at once
 REC_ROWS = ("Folio (served over HTTP)", "popularity-in-genre, same slots", "random, same slots")
 SIM_ROWS = (
     "Folio /similar (served over HTTP)",

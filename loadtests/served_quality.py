@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import scipy.sparse as sp
 
-from runners.schemas import RecommendResponse
+from runners.http.schemas import RecommendResponse
 from training.baselines import EASE
 from training.dataset import Catalog, Dataset
 from training.fetch import DATASETS, fetch

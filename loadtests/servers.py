@@ -17,7 +17,7 @@ from types import TracebackType
 
 import httpx
 
-from runners.triton import free_port
+from runners.triton.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
     build_synthetic_version(1_000_000)  ->  "folio:<version>"  (labels: dataset=synthetic-1000000)
 
-No training run and no dataset: every artifact of training/store.py ARTIFACTS is generated, with the
+No training run and no dataset: every artifact of training/registry.py ARTIFACTS is generated, with the
 shapes and structure a trained version has, and written with the project's own code where it exists:
 
 * catalog: Goodbooks-like entries (item_id, title, authors, genres, year), a primary genre per item
@@ -41,7 +41,7 @@ shapes and structure a trained version has, and written with the project's own c
   noisier, never laxer; and a random ranker's INT8 variant sometimes misses the 0.002 NDCG rule (seen
   on 2,000 items: 0.0391 vs 0.0412), so up to PARITY_ATTEMPTS initializations are tried and the first
   that passes is kept. The failures stay in the metadata; the stored numbers are check_parity's own
-  and store.parity_problems still decides servability.
+  and registry.parity_problems still decides servability.
 
 Memory at 1M items (dim 64, hidden 128): item_in 512 MB, item vectors 256 MB, each ONNX ranker
 carries the item tables (vectors, scalars, genres: 348 bytes per item, ~350 MB; FP16 half of it),
@@ -64,12 +64,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from models import registry
 from models.candidates import feature_names, rating_weight
 from models.features import FeatureSpec, genre_matrix, item_tables
 from models.item_item import DENSE_MAX_ITEMS, SPARSE_K, ItemItem, Matrix, Source, SparseRows
 from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
 from models.user_encoder import RetrievalWeights
-from training import store
 from training.export import ParityError, check_parity, export_all
 from training.index import EXACT_MAX_ITEMS, build_index, index_kind, recall_at_k
 from training.item_item import EASE_MAX_ITEMS
@@ -350,7 +350,7 @@ def write_synthetic_artifacts(
     seed: int = 0,
     fit_steps: int = 0,
 ) -> dict[str, Any]:
-    """Write every artifact of store.ARTIFACTS into ``out``; returns the version metadata."""
+    """Write every artifact of registry.ARTIFACTS into ``out``; returns the version metadata."""
     if not 1 <= n_genres <= len(GENRES):
         raise ValueError(f"n_genres must lie in [1, {len(GENRES)}]")
     if n_items < 2 * CANDIDATES:
@@ -546,7 +546,7 @@ def build_synthetic_version(
         meta = write_synthetic_artifacts(
             Path(tmp), n_items, n_users=n_users, dim=dim, hidden=hidden, n_genres=n_genres, seed=seed
         )
-        model = store.save(Path(tmp), labels={"dataset": _labels(n_items)}, metadata=meta)
+        model = registry.save(Path(tmp), labels={"dataset": _labels(n_items)}, metadata=meta)
         log.info("synthetic-%d saved as %s in %.0fs", n_items, model.tag, time.perf_counter() - started)
         return str(model.tag)
 
@@ -556,12 +556,12 @@ def find_synthetic_version(n_items: int) -> str | None:
     import bentoml
 
     try:
-        models = bentoml.models.list(store.MODEL_NAME)
+        models = bentoml.models.list(registry.MODEL_NAME)
     except bentoml.exceptions.NotFound:  # an empty store
         return None
     found = [
         m
         for m in models
-        if m.info.labels.get("dataset") == _labels(n_items) and not store.servable_problems(m)
+        if m.info.labels.get("dataset") == _labels(n_items) and not registry.servable_problems(m)
     ]
     return str(max(found, key=lambda m: m.info.creation_time).tag) if found else None

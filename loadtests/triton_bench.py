@@ -9,7 +9,7 @@ dynamic batching >= 3x the ranking throughput of batching off at 64 concurrent u
 What it starts: the version's rankers are rendered (`render_triton`, target "cpu": Python backend + ONNX
 Runtime) into a temporary repository, once as the service renders them (dynamic batching, its defaults)
 and once with the `dynamic_batching` block left out (Triton's default scheduler: one request per
-execution), and served by the embedded tritonserver (`runners.triton.TritonServer`, loopback, free ports,
+execution), and served by the embedded tritonserver (`TritonServer`, loopback, free ports,
 explicit model control so that only the measured variants load). Each server is warmed up, measured and
 stopped before the next one starts.
 
@@ -17,7 +17,7 @@ Requests are the service's: item_ids int64 [1, n], user_features float32 [1, D] 
 float32 [1, n*F] (F = ranker.json's candidate_feature_dim) -> scores [1, n], with n = ``--candidates``
 (500, FOLIO_CANDIDATES). Requests are realistic when the model directory holds the retrieval and
 item-item artifacts: the rows are the ranker feature rows of training users (user vector from their
-history + genre profile), the ids and candidate features their candidates as `runners/retrieval.py`
+history + genre profile), the ids and candidate features their candidates as `runners/stages/retrieval.py`
 computes them (FAISS top-n unseen items merged with the item-item source, models.candidates);
 otherwise (a bare ranker directory) uniform ids and Gaussian rows and features.
 
@@ -70,8 +70,8 @@ import onnxruntime as ort
 import psutil
 import tritonclient.grpc.aio as grpcaio
 
-from runners.triton import TritonServer
-from training.triton_repo import MAX_CANDIDATES_PER_RUN, render_triton
+from runners.triton.repository import MAX_CANDIDATES_PER_RUN, render_triton
+from runners.triton.server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -596,9 +596,9 @@ def _model_dir(tag: str | None, model_dir: Path | None) -> tuple[Path, str, dict
         metrics = model_dir / "metrics.json"
         meta = json.loads(metrics.read_text()) if metrics.exists() else {}
         return model_dir, str(model_dir), meta
-    from training import store
+    from models import registry
 
-    model = store.get(tag) if tag else store.production()
+    model = registry.get(tag) if tag else registry.production()
     if model is None:
         raise SystemExit("no production model in the store: pass --tag or --model-dir")
     return Path(model.path), str(model.tag), dict(model.info.metadata)

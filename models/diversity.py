@@ -10,7 +10,7 @@ without a genre ("") are never penalized. A genre holding ``cap`` items is skipp
 is left. penalty 0 with cap >= k returns the ranking unchanged. Training picks the default penalty on
 validation (training/experiment.choose_penalty: the largest whose per-user paired NDCG@10 cost stays
 within DIVERSITY_NDCG_BUDGET at mean + 2 standard errors) and
-the version carries it; serving reads it (runners/rules.py).
+the version carries it; serving reads it (runners/stages/rules.py).
 """
 
 from __future__ import annotations

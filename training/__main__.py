@@ -13,10 +13,12 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from models import registry
 from models.retrieval import RetrievalConfig
-from runners.feedback_log import open_log
-from runners.settings import load_settings
-from training import catalog_cli, store
+from runners.platform.settings import load_settings
+from runners.state.feedback_log import open_log
+from runners.triton.repository import TARGETS, render_triton
+from training import catalog_cli
 from training.ablation import write_ablation
 from training.artifacts import version_run
 from training.catalog_changes import apply_catalog_changes, configured_catalog_state
@@ -28,7 +30,6 @@ from training.loaders import load_dataset
 from training.refit import refit_on_all
 from training.report import evaluate_seeds, write_report
 from training.retrain import GateConfig, retrain
-from training.triton_repo import TARGETS, render_triton
 
 log = logging.getLogger("training")
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +114,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         extra={"feedback_export": exported.to_json(), "catalog_revision": catalog.revision},
     )
     if record["decision"] == "promoted":
-        render_triton(Path(store.get(record["candidate"]).path), args.out, target=args.target)
+        render_triton(Path(registry.get(record["candidate"]).path), args.out, target=args.target)
     print(json.dumps(record, indent=1))
 
 
@@ -155,7 +156,7 @@ def cmd_main(args: argparse.Namespace) -> None:
     if args.dataset in DATASETS:
         fetch(args.dataset, args.data_dir)
     tag = _version(_train_and_refit(args))
-    render_triton(Path(store.promote(tag).path), args.out)
+    render_triton(Path(registry.promote(tag).path), args.out)
     print(f"promoted {tag}; Triton repository rendered in {args.out}")
 
 
@@ -198,22 +199,22 @@ def cmd_feedback(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    for row in store.listing():
+    for row in registry.listing():
         print(json.dumps(row))
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    print(f"production: {store.promote(args.tag).tag}")
+    print(f"production: {registry.promote(args.tag).tag}")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    print(f"production: {store.rollback().tag}")
+    print(f"production: {registry.rollback().tag}")
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    model = store.production() if args.tag == "production" else store.get(args.tag)
+    model = registry.production() if args.tag == "production" else registry.get(args.tag)
     if model is None:
-        raise store.StoreError("no production model: promote one first")
+        raise registry.StoreError("no production model: promote one first")
     for path in render_triton(Path(model.path), args.out, target=args.target):
         print(path)
 
@@ -332,14 +333,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    store.use_configured_store()
+    registry.use_configured_store()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         args.func(args)
-    except (store.StoreError, ValueError, RuntimeError, OSError, RedisError) as exc:
+    except (registry.StoreError, ValueError, RuntimeError, OSError, RedisError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -12,8 +12,8 @@ import bentoml
 import faiss
 import numpy as np
 
+from models import registry
 from models.content import ContentEncoder, book_records
-from training import store
 from training.dataset import Catalog
 from training.experiment import RunResult
 from training.export import Parity, check_parity, export_all
@@ -53,7 +53,7 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     ds = run.dataset
     run.weights.save(str(out / "retrieval.npz"))
     content = fit_content(ds.catalog, run.weights.item_vectors, run.seed)
-    content.save(out / store.CONTENT_FILE)
+    content.save(out / registry.CONTENT_FILE)
     run.item_item.save(out / "item_item.npz")
     queries = run.test_candidates.features[:, : run.spec.retrieval_dim]
     report = index_report(run.weights.item_vectors, queries)
@@ -119,7 +119,7 @@ def version_run(run: RunResult, git_commit: str) -> bentoml.Model:
     with tempfile.TemporaryDirectory() as tmp:
         parity, index = write_artifacts(run, Path(tmp))
         ds = run.dataset
-        return store.save(
+        return registry.save(
             Path(tmp),
             labels={"dataset": ds.name},
             metadata={

@@ -1,4 +1,4 @@
-"""The next training run applies the runtime catalog changes (runners/catalog.py) to its dataset.
+"""The next training run applies the runtime catalog changes (runners/state/catalog.py) to its dataset.
 
 ``python -m training train`` / ``main`` read the catalog log of the state store the service uses (the
 same ``FOLIO_REDIS_URL`` / ``FOLIO_STATE_DIR`` settings: Redis, or ``<state dir>/catalog.jsonl``) and:
@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
-from runners.catalog import CatalogState, LocalCatalog, open_catalog
-from runners.settings import load_settings
-from runners.store import RedisState
+from runners.platform.settings import load_settings
+from runners.state.catalog import CatalogState, LocalCatalog, open_catalog
+from runners.state.store import RedisState
 from training.dataset import Catalog, Dataset
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@
 The API key is read from ``FOLIO_API_KEY`` (never a flag: it would land in shell history). ``--books``
 takes a Goodbooks-style ``books.csv`` (training/loaders.py: book_id, title, authors, optional
 original_publication_year and genres/tags) or a JSON list of the ``/admin/catalog/books`` records
-(with ``description``). Books go in requests of at most ``runners.catalog.MAX_CHANGES``; each request
+(with ``description``). Books go in requests of at most ``runners.state.catalog.MAX_CHANGES``; each request
 is all or nothing, and the command stops at the first refusal, printing the server's reason.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from runners.catalog import MAX_CHANGES
+from runners.state.catalog import MAX_CHANGES
 from training.artifacts import catalog_json
 from training.loaders import read_books
 

@@ -23,9 +23,9 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
+from models.registry import parity_problems
 from training.pipeline import Candidates, RankFn, evaluate_pipeline
 from training.protocol import Fold
-from training.store import parity_problems
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Feedback into training: export the service's feedback log as ratings rows; merge them into a dataset.
 
 **Export** (``python -m training feedback export``) reads the log of the configured state store
-(runners/feedback_log.py: Redis's stream, or the local journal) after the last exported position and
+(runners/state/feedback_log.py: Redis's stream, or the local journal) after the last exported position and
 writes one file per run into the feedback directory (default ``<FOLIO_STATE_DIR>/feedback``)::
 
     feedback-<kind>-<a>-<b>.csv      kind: redis | journal; (a, b): the position of the last record read
@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 
 from models.candidates import POSITIVE_RATING, event_rating
-from runners.feedback_log import FeedbackLog, LogRecord, Position
-from runners.store import fsync_dir, write_synced
+from runners.state.feedback_log import FeedbackLog, LogRecord, Position
+from runners.state.store import fsync_dir, write_synced
 from training.dataset import Dataset, Interactions
 from training.loaders import _numbers, _read_csv, _require
 

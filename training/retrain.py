@@ -8,7 +8,7 @@ withdrawn) and not already in the base data, for users with at least one other p
 (a user with none gets the cold-start list from either version). The candidate is trained without them
 (every event of a held-out pair is removed); the next run trains on them.
 
-Both versions are measured on the served pipeline in process (runners/recommender.py: retrieval, ranking
+Both versions are measured on the served pipeline in process (runners/stages/pipeline.py: retrieval, ranking
 with ONNX Runtime at the service's precision, the same rules, ``exclude_seen``, ``k`` = 10), each user's
 history being the version's training history plus that user's remaining feedback, so the two answer
 from the same evidence. Metrics: NDCG@10 and Recall@10 over the held-out users; the record also keeps
@@ -38,15 +38,15 @@ import bentoml
 import numpy as np
 import pandas as pd
 
+from models import registry
 from models.candidates import POSITIVE_RATING
-from runners import artifacts
-from runners.catalog import CatalogState
-from runners.ranking import RankingStage
-from runners.recommender import EVENT_WEIGHTS, Recommender
-from runners.schemas import RecommendRequest
-from runners.settings import Settings
-from runners.store import Event, LocalState
-from training import store
+from runners.http.schemas import RecommendRequest
+from runners.platform.settings import Settings
+from runners.stages import served_model
+from runners.stages.pipeline import EVENT_WEIGHTS, Recommender
+from runners.stages.ranking import RankingStage
+from runners.state.catalog import CatalogState
+from runners.state.store import Event, LocalState
 from training.dataset import Dataset
 from training.feedback import apply_feedback
 from training.metrics import user_ndcg
@@ -136,7 +136,7 @@ def served_quality(
 async def _served_quality(
     stored: bentoml.Model, settings: Settings, holdout: Holdout, catalog: CatalogState
 ) -> Quality:
-    served = await asyncio.to_thread(artifacts.load, stored)
+    served = await asyncio.to_thread(served_model.load, stored)
     users = sorted(holdout.pairs)
     ranks: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,7 +232,7 @@ def retrain(
     """One scheduled run (module doc). ``train_and_version`` trains on a dataset and returns the stored
     candidate's tag. Writes and returns the record."""
     started = time.time()
-    production = store.production()
+    production = registry.production()
     holdout = fresh_holdout(base, rows, catalog.withdrawn, gate.holdout_share)
     log.info("fresh holdout: %d pairs of %d users", holdout.n_pairs, len(holdout.pairs))
     evidence = holdout.n_pairs >= gate.min_holdout_pairs
@@ -240,7 +240,7 @@ def retrain(
     tag: str | None = None
     if production is None or evidence or gate.promote_without_evidence:
         tag = train_and_version(apply_feedback(base, holdout.train_rows))
-        candidate = store.get(tag)
+        candidate = registry.get(tag)
         if production is not None and evidence:
             cand_q = served_quality(candidate, settings, holdout, catalog)
             prod_q = served_quality(production, settings, holdout, catalog)
@@ -248,9 +248,9 @@ def retrain(
     if tag is None:
         reasons.append("no candidate trained: it could not be promoted")
     else:
-        store.set_labels(candidate, gate="promoted" if promote else "rejected")
+        registry.set_labels(candidate, gate="promoted" if promote else "rejected")
         if promote:  # after the label: promote rewrites the labels it reads afresh
-            store.promote(tag)
+            registry.promote(tag)
     record = {
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),

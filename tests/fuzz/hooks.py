@@ -10,7 +10,7 @@
 
 ``FOLIO_FUZZ_TS_WINDOW`` (JSON: ``operations``, ``max_age_s``, ``max_skew_s``, ``expected_statuses``):
 the operations whose feedback ``ts`` the server accepts only within [now - max_age_s, now + max_skew_s]
-of its clock, a rule no static schema states (runners/openapi.py documents it in words and in
+of its clock, a rule no static schema states (runners/http/openapi.py documents it in words and in
 ``x-folio-accepted-window``). The run turns schemathesis' positive_data_acceptance off for exactly these
 operations, and ``folio_positive_data_acceptance`` takes its place: a schema-valid case must get one of
 ``expected_statuses`` (positive_data_acceptance's list), or a 400 that names one of the case's ts as

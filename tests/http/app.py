@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 from starlette.testclient import TestClient
 
-from runners.settings import load_settings
+from runners.platform.settings import load_settings
 
 
 @contextmanager

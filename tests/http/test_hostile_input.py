@@ -18,8 +18,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from loadtests.servers import ServedFolio
-from runners.recommender import cache_params
-from runners.schemas import RecommendRequest
+from runners.http.schemas import RecommendRequest
+from runners.stages.pipeline import cache_params
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
 DAY = 86400.0

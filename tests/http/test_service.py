@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from runners.settings import load_settings
+from runners.platform.settings import load_settings
 from tests.synthetic_catalog import genre_of_book
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
@@ -145,7 +145,7 @@ def test_request_id_is_echoed(client: TestClient) -> None:
 
 
 def test_wrong_setting_fails_at_start_naming_it(model_tag: str) -> None:
-    from runners.settings import SettingsError
+    from runners.platform.settings import SettingsError
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FOLIO_PRECISION", "int4")

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.triton import TritonServer
+from runners.triton.repository import render_triton
+from runners.triton.server import TritonServer
 from tests.redis_server import RedisServer
-from training.triton_repo import render_triton
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from loadtests.servers import ROOT, ServedFolio
+from models import registry
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,8 @@ def test_bento_holds_code_config_and_the_served_model(bento: tuple[str, Path], m
     for name in (
         "service.py",
         "pyproject.toml",
-        "runners/ranking.py",
-        "runners/triton_model.py",
+        "runners/stages/ranking.py",
+        "runners/triton/backend_model.py",
         "models/features.py",
     ):
         assert (path / "src" / name).is_file(), name
@@ -99,8 +100,9 @@ def test_built_bento_is_served(bento: tuple[str, Path], model_tag: str, tmp_path
 
 
 SAVE = (
-    "import json, sys; from pathlib import Path; from training import store; store.use_configured_store(); "
-    "print(store.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
+    "import json, sys; from pathlib import Path; from models import registry; "
+    "registry.use_configured_store(); "
+    "print(registry.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
 )
 
 
@@ -109,9 +111,8 @@ def test_built_bento_follows_a_shared_model_store(
 ) -> None:
     """FOLIO_MODEL_STORE: the Bento serves the production version of a store a retrain job writes (a
     shared volume in deploy/k8s), not its own packed copy, and follows a promotion made there."""
-    from training import store
 
-    stored = store.get(model_tag)
+    stored = registry.get(model_tag)
     env = {**os.environ, "FOLIO_MODEL_STORE": str(tmp_path / "shared")}
     env.pop("FOLIO_MODEL_TAG", None)
 

@@ -1,4 +1,4 @@
-"""Catalog changes at runtime through the admin API of a real `bentoml serve` (runners/catalog.py):
+"""Catalog changes at runtime through the admin API of a real `bentoml serve` (runners/state/catalog.py):
 withdrawn books leave /recommend, /similar and /trending at once (cached answers included) and refuse
 feedback; corrected records are served; bad requests change nothing; changes survive a restart; with
 Redis, a change taken by one worker is served by every worker within a second."""
@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from loadtests.servers import ServedFolio
-from runners.settings import hash_key
-from runners.triton import TritonServer
+from runners.platform.settings import hash_key
+from runners.triton.server import TritonServer
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from loadtests.servers import ROOT, ServedFolio
-from runners.settings import hash_key
+from runners.platform.settings import hash_key
 from tests.integration.test_served import wait_for
 from tests.redis_server import RedisServer
 from tests.synthetic_catalog import write_catalog

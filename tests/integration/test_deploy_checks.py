@@ -1,4 +1,4 @@
-"""`runners.lifecycle.deploy` refuses a version the Triton it would use does not actually serve."""
+"""`runners.serving.lifecycle.deploy` refuses a version the Triton it would use does not actually serve."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runners.artifacts import ModelLoadError
-from runners.lifecycle import deploy
-from runners.settings import Settings
-from runners.store import LocalState
-from runners.triton import TritonServer
-from training import store
+from models import registry
+from runners.platform.settings import Settings
+from runners.serving.lifecycle import deploy
+from runners.stages.served_model import ModelLoadError
+from runners.state.store import LocalState
+from runners.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +51,10 @@ def test_external_triton_serving_this_version_is_accepted(
 def test_external_triton_serving_other_rankers_is_refused(
     model_tag: str, triton_server: TritonServer, tmp_path: Path
 ) -> None:
-    stored = store.get(model_tag)
+    stored = registry.get(model_tag)
     changed = tmp_path / "changed"
     shutil.copytree(stored.path, changed, ignore=shutil.ignore_patterns("model.yaml"))
     doubled_scores(changed / "ranker_fp32.onnx")
-    other = str(store.save(changed, {"dataset": "synthetic"}, dict(stored.info.metadata)).tag)
+    other = str(registry.save(changed, {"dataset": "synthetic"}, dict(stored.info.metadata)).tag)
     with pytest.raises(ModelLoadError, match="serves other rankers"):
         try_deploy(other, triton_server, tmp_path)

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from runners.store import Event, RedisState
+from runners.state.store import Event, RedisState
 from tests.redis_server import RedisServer
 from training.feedback import exported_files
 

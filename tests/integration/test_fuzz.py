@@ -63,9 +63,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from loadtests.servers import ROOT, ServedFolio
-from runners.settings import hash_key
+from models import registry
+from runners.platform.settings import hash_key
 from tests.synthetic_catalog import BOOKS_PER_GENRE, GENRES
-from training import store
 
 pytestmark = pytest.mark.integration
 KEY = "fuzz-key-0123456789"
@@ -113,8 +113,8 @@ RESPONSE_CHECKS = [
     response_schema_conformance,
 ]
 SAVE = (
-    "import json, sys; from pathlib import Path; from training import store; "
-    "print(store.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
+    "import json, sys; from pathlib import Path; from models import registry; "
+    "print(registry.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
 )
 
 
@@ -250,7 +250,7 @@ def versions(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     """An isolated model store with two versions of the trained run, the first one in production
     (so /admin/reload is live: FOLIO_MODEL_TAG would pin the served version)."""
     home = tmp_path_factory.mktemp("fuzz_home")
-    stored = store.get(model_tag)
+    stored = registry.get(model_tag)
     env = {**os.environ, "BENTOML_HOME": str(home)}
     metadata = json.dumps(stored.info.metadata)
 

@@ -22,18 +22,18 @@ import psutil
 import pytest
 
 from loadtests.servers import ROOT, ServedFolio
-from runners.settings import hash_key
+from models import registry
+from runners.platform.settings import hash_key
 from tests.integration.test_ranking_stage import group_gone
 from tests.integration.test_served import wait_for
 from tests.redis_server import RedisServer
-from training import store
 
 pytestmark = pytest.mark.integration
 KEY = "lifecycle-key"
 AUTH = {"X-API-Key": KEY}
 SAVE = (
-    "import json, sys; from pathlib import Path; from training import store; "
-    "print(store.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
+    "import json, sys; from pathlib import Path; from models import registry; "
+    "print(registry.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
 )
 
 
@@ -67,7 +67,7 @@ class Store:
 
 @pytest.fixture(scope="module")
 def versions(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
-    stored = store.get(model_tag)
+    stored = registry.get(model_tag)
     return Store(
         tmp_path_factory.mktemp("home"), Path(stored.path), json.loads(json.dumps(stored.info.metadata))
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.ranking import PRECISIONS, RankingStage, RankResult
+from runners.stages.ranking import PRECISIONS, RankingStage, RankResult
 from tests.unit.test_ranking import reference
 
 pytestmark = pytest.mark.integration

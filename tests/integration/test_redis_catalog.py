@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.catalog import CatalogChange, CatalogLog, RedisCatalog, open_catalog
-from runners.store import RedisState, StateUnavailable
+from runners.state.catalog import CatalogChange, CatalogLog, RedisCatalog, open_catalog
+from runners.state.store import RedisState, StateUnavailable
 from tests.redis_server import RedisServer
 from tests.unit.test_catalog import DUNE, Backend, CatalogContract
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runners.store import RedisState, StateStore, StateUnavailable
+from runners.state.store import RedisState, StateStore, StateUnavailable
 from tests.redis_server import RedisServer, dump_all, free_port
 from tests.unit.test_store_local import ALICE, BOB, T0, Backend, StoreContract, ev
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from loadtests.servers import ServedFolio
-from runners.settings import hash_key
-from runners.triton import TritonServer
+from runners.platform.settings import hash_key
+from runners.triton.server import TritonServer
 from tests.integration.test_ranking_stage import group_gone
 
 pytestmark = pytest.mark.integration
@@ -160,7 +160,7 @@ def test_auth_rate_limit_and_body_size(model_tag: str, tmp_path: Path) -> None:
 
 
 def test_ab_variants_route_attribute_and_shadow(model_tag: str, tmp_path: Path) -> None:
-    from runners.variants import Assigner, VariantConfig
+    from runners.serving.variants import Assigner, VariantConfig
 
     config = {
         "salt": "t",

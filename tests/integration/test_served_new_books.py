@@ -14,7 +14,7 @@ import pytest
 
 from loadtests.served_new_books import REC_ROWS
 from loadtests.servers import ROOT, ServedFolio
-from runners.settings import hash_key
+from runners.platform.settings import hash_key
 from tests.conftest import TINY
 from tests.synthetic_catalog import write_catalog
 from training.artifacts import version_run

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.servers import ROOT, ServedFolio
-from runners.settings import hash_key
+from runners.platform.settings import hash_key
 from tests.conftest import TINY
 from tests.synthetic_catalog import write_catalog
 from training.artifacts import version_run

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from loadtests.servers import ServedFolio
-from runners.triton import TritonServer
+from runners.triton.server import TritonServer
 from tests.redis_server import RedisServer, dump_all
 
 pytestmark = pytest.mark.integration

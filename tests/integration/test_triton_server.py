@@ -1,7 +1,7 @@
 """The real tritonserver (nvidia-pytriton wheel) serving the rendered cpu repository.
 
 Fixtures (conftest.py): `ranker_model_dir` (the ranker trained on the synthetic catalog),
-`triton_repository` (render_triton target "cpu"), `triton_server` (runners.triton.TritonServer, one
+`triton_repository` (render_triton target "cpu"), `triton_server` (runners.triton.server.TritonServer, one
 per session) and `live_server` (the same, checked alive before each test).
 """
 
@@ -21,8 +21,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from runners.triton import TritonServer, TritonStartupError
-from training.triton_repo import render_triton
+from runners.triton.repository import render_triton
+from runners.triton.server import TritonServer, TritonStartupError
 
 pytestmark = pytest.mark.integration
 

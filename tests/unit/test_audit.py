@@ -1,5 +1,5 @@
 """scripts/audit.py: the pip-audit parser's three-way result, the Triton advisory table, and the lock
-files the Bento image installs (runners/bento_image.py).
+files the Bento image installs (runners/platform/bento_image.py).
 
 pip-audit itself is not needed: its output is fed in, recorded on a machine without a reachable advisory
 source (audit_fixtures/README.md) or written in its documented ``--format json`` shape.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.bento_image import (
+from runners.platform.bento_image import (
     LockError,
     bento_image,
     declared_dependencies,

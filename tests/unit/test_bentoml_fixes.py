@@ -20,8 +20,8 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from pydantic import BaseModel, Field
 from starlette.testclient import TestClient
 
-from runners import bentoml_fixes
-from runners.settings import Settings
+from runners.platform import bentoml_patch
+from runners.platform.settings import Settings
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -48,13 +48,13 @@ async def _call(path: str, timeout: float) -> tuple[list[dict[str, Any]], int]:
 
 
 def test_answered_requests_leave_no_timer_behind() -> None:
-    bentoml_fixes.install()
+    bentoml_patch.install()
     sent, pending = asyncio.run(_call("/fast", timeout=30))
     assert sent[0]["status"] == 200 and pending == 0
 
 
 def test_timeout_still_answers_504() -> None:
-    bentoml_fixes.install()
+    bentoml_patch.install()
     sent, _ = asyncio.run(_call("/slow", timeout=0.05))
     assert sent[0]["status"] == 504
 
@@ -102,7 +102,7 @@ def logs() -> Iterator[Records]:
 @pytest.fixture(scope="module")
 def tiny() -> Iterator[TestClient]:
     """The tiny service's real BentoML app (without BentoML's metrics: they register once a process)."""
-    bentoml_fixes.install()
+    bentoml_patch.install()
     Tiny.inject_config()
     with TestClient(ServiceAppFactory(Tiny, is_main=True, enable_metrics=False)()) as client:
         yield client
@@ -143,9 +143,9 @@ def _client_seen_by_app(xff: str) -> tuple[str, int] | None:
 
 def test_forwarded_headers_are_trusted_only_from_the_named_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1")  # so that monkeypatch restores it
-    bentoml_fixes.install()  # FOLIO_TRUSTED_PROXIES unset: trust nobody
+    bentoml_patch.install()  # FOLIO_TRUSTED_PROXIES unset: trust nobody
     assert _client_seen_by_app("10.1.2.3") == ("127.0.0.1", 5000)
-    bentoml_fixes.trust_forwarded_headers_from(["10.0.0.0/8", "127.0.0.1"])
+    bentoml_patch.trust_forwarded_headers_from(["10.0.0.0/8", "127.0.0.1"])
     assert _client_seen_by_app("10.1.2.3, 203.0.113.9") == ("203.0.113.9", 0)
 
 
@@ -192,9 +192,9 @@ async def _closed_after(writer_steps: list[bytes], seconds: float) -> tuple[floa
 
 @pytest.fixture()
 def head_timeout() -> Iterator[float]:
-    bentoml_fixes.bound_request_head(0.5)
+    bentoml_patch.bound_request_head(0.5)
     yield 0.5
-    bentoml_fixes.bound_request_head(Settings().request_head_timeout_s)
+    bentoml_patch.bound_request_head(Settings().request_head_timeout_s)
 
 
 @pytest.mark.parametrize(

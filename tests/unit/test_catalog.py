@@ -1,4 +1,4 @@
-"""runners/catalog.py: validation, the shared CatalogContract (run here on LocalCatalog and in
+"""runners/state/catalog.py: validation, the shared CatalogContract (run here on LocalCatalog and in
 tests/integration/test_redis_catalog.py on a real Redis), journal replay and the per-version view."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 import pytest
 
-from runners.catalog import (
+from runners.state.catalog import (
     MAX_CHANGES,
     MAX_TITLE_CHARS,
     Book,

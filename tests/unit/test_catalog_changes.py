@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.catalog import Book, CatalogChange, CatalogState, LocalCatalog
-from runners.settings import load_settings
+from runners.platform.settings import load_settings
+from runners.state.catalog import Book, CatalogChange, CatalogState, LocalCatalog
 from training.catalog_changes import apply_catalog_changes, configured_catalog_state
 from training.dataset import Catalog, Dataset, Interactions
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from models.candidates import EVENT_RATINGS, POSITIVE_RATING, event_rating, rating_weight
-from runners.feedback_log import JournalLog
-from runners.store import Event, LocalState
+from runners.state.feedback_log import JournalLog
+from runners.state.store import Event, LocalState
 from training import feedback
 from training.dataset import Catalog, Dataset, Interactions
 from training.feedback import ExportBusy, apply_feedback, export_feedback, exported_files, read_feedback

@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
-from runners.catalog import LocalCatalog
-from runners.fleet import Fleet
-from runners.lifecycle import retire
-from runners.settings import Settings
-from runners.store import LocalState
+from runners.platform.settings import Settings
+from runners.serving.fleet import Fleet
+from runners.serving.lifecycle import retire
+from runners.state.catalog import LocalCatalog
+from runners.state.store import LocalState
 
 
 class FakeRanking:  # stands in for RankingStage: only close() is used by retire()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from runners.guard import GuardMiddleware, Runtime
-from runners.settings import Settings, hash_key
+from runners.http.guard import GuardMiddleware, Runtime
+from runners.platform.settings import Settings, hash_key
 
 LIMIT = 2048
 Message = dict[str, Any]

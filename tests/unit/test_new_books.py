@@ -1,12 +1,12 @@
-"""runners/new_books.py: books added after training, encoded from their content and placed in answers."""
+"""runners/stages/new_books.py: books added after training, encoded from content, placed in answers."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from models.content import BookRecord, ContentEncoder
-from runners.catalog import Book
-from runners.new_books import NewBooks, place
+from runners.stages.new_books import NewBooks, place
+from runners.state.catalog import Book
 
 
 def test_a_new_book_takes_the_rank_its_retrieval_score_would_have() -> None:

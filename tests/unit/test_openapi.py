@@ -1,4 +1,4 @@
-"""/docs.json after runners/openapi.py: a valid OpenAPI 3.0 document whose error responses are the ones
+"""/docs.json after runners/http/openapi.py: a valid OpenAPI 3.0 document whose error responses are the ones
 the server sends, with nullable fields nullable, bodies required exactly when the server needs one, and
 the feedback ts window stated; and its table of service errors matches service.py."""
 
@@ -20,13 +20,14 @@ from pydantic import BaseModel, Field
 from schemathesis.specs.openapi.definitions import OPENAPI_30  # the OpenAPI 3.0 meta-schema
 from starlette.testclient import TestClient
 
-from runners import bentoml_fixes, openapi
-from runners.guard import GuardMiddleware, Runtime
-from runners.recommender import InvalidEvent
-from runners.recommender import Recommender as Pipeline
-from runners.schemas import FeedbackBatch, FeedbackEvent
-from runners.settings import Settings, hash_key, load_settings
-from runners.store import TS_MAX
+from runners.http import openapi
+from runners.http.guard import GuardMiddleware, Runtime
+from runners.http.schemas import FeedbackBatch, FeedbackEvent
+from runners.platform import bentoml_patch
+from runners.platform.settings import Settings, hash_key, load_settings
+from runners.stages.pipeline import InvalidEvent
+from runners.stages.pipeline import Recommender as Pipeline
+from runners.state.store import TS_MAX
 from tests.openapi_doc import resolved
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ Docs.add_asgi_middleware(  # type: ignore[attr-defined]
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    bentoml_fixes.install()
+    bentoml_patch.install()
     Docs.inject_config()
     with TestClient(ServiceAppFactory(Docs, is_main=True, enable_metrics=False)()) as c:
         yield c

@@ -1,4 +1,4 @@
-"""runners/ranking.py without a Triton server: the circuit breaker, the ONNX Runtime and popularity fallbacks.
+"""stages/ranking.py without a Triton server: the circuit breaker, the ONNX Runtime and popularity fallbacks.
 
 `artifacts_dir` (tests/conftest.py) is the real ranker trained on the synthetic catalog; Triton is pointed
 at a free local port (nothing listening) or at a socket that accepts but never answers.
@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runners.ranking import PRECISIONS, CircuitBreaker, RankingStage, RankResult
-from runners.triton import free_port
+from runners.stages.ranking import PRECISIONS, CircuitBreaker, RankingStage, RankResult
+from runners.triton.server import free_port
 
 TEST_TIMEOUT_S = 60.0
 

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from models.diversity import diversify
-from runners import artifacts, rules
-from runners.cache import TTLCache
-from runners.retrieval import RetrievalStage
+from runners.stages import rules, served_model
+from runners.stages.cache import TTLCache
+from runners.stages.retrieval import RetrievalStage
 from tests.synthetic_catalog import GENRES, genre_of_book
 
 
 @pytest.fixture(scope="module")
-def model(model_tag: str) -> artifacts.ServedModel:
-    return artifacts.load(artifacts.resolve(model_tag))
+def model(model_tag: str) -> served_model.ServedModel:
+    return served_model.load(served_model.resolve(model_tag))
 
 
 def test_diversify_caps_each_genre_and_fills_when_it_must() -> None:
@@ -36,14 +36,14 @@ def test_diversity_penalty_reads_in_ranks() -> None:
     assert diversify(items, primary, 4, 5.0, 10).tolist() == [0, 3, 5, 1]
 
 
-def test_genre_mask_is_case_insensitive(model: artifacts.ServedModel) -> None:
+def test_genre_mask_is_case_insensitive(model: served_model.ServedModel) -> None:
     mask = rules.genre_mask(model, ["ROMANCE"])
     assert mask is not None and mask.sum() == 20
     assert all(genre_of_book(int(model.catalog[i]["item_id"][1:])) == "romance" for i in np.flatnonzero(mask))
     assert rules.genre_mask(model, None) is None
 
 
-def test_cold_start_blends_popularity_with_the_hint(model: artifacts.ServedModel) -> None:
+def test_cold_start_blends_popularity_with_the_hint(model: served_model.ServedModel) -> None:
     pref = rules.genre_preference(model, np.empty(0, np.int64), ["history"])
     assert pref.sum() == pytest.approx(1.0) and pref[list(model.spec.genres).index("history")] == 1.0
     top = np.argsort(-rules.cold_start_scores(model.popularity, model, pref))[:5]
@@ -53,14 +53,14 @@ def test_cold_start_blends_popularity_with_the_hint(model: artifacts.ServedModel
     assert np.argmax(plain) == np.argmax(model.popularity)
 
 
-def test_reasons_name_the_closest_book_read(model: artifacts.ServedModel) -> None:
+def test_reasons_name_the_closest_book_read(model: served_model.ServedModel) -> None:
     history = np.array([model.position["b41"], model.position["b2"]])
     why = rules.reasons(model, np.array([model.position["b45"]]), history, True, None)
     assert why == [f"because you read {model.catalog[model.position['b41']]['title']}"]
     assert rules.reasons(model, np.array([0]), history, False, ["fantasy"]) == ["popular in fantasy"]
 
 
-def test_retrieval_follows_fresh_history_and_excludes(model: artifacts.ServedModel) -> None:
+def test_retrieval_follows_fresh_history_and_excludes(model: served_model.ServedModel) -> None:
     stage = RetrievalStage(model)
     for g, genre in enumerate(GENRES):
         history = np.array([model.position[f"b{b}"] for b in range(g * 20, g * 20 + 5)])

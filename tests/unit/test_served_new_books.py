@@ -17,7 +17,7 @@ from loadtests.served_new_books import (
     same_slots,
     write_item_split,
 )
-from runners.schemas import CatalogBooks
+from runners.http.schemas import CatalogBooks
 from tests.synthetic_catalog import write_catalog
 from training.loaders import load_dataset, load_goodbooks
 

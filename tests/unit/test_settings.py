@@ -1,10 +1,10 @@
-"""runners/settings.py: bounds that keep every computation finite, and errors that name the variable."""
+"""runners/platform/settings.py: bounds that keep every computation finite, errors that name the variable."""
 
 from __future__ import annotations
 
 import pytest
 
-from runners.settings import Settings, SettingsError, load_settings
+from runners.platform.settings import Settings, SettingsError, load_settings
 
 
 def load_with(mp: pytest.MonkeyPatch, **env: str) -> Settings:

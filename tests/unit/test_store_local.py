@@ -1,4 +1,4 @@
-"""runners/store.py: the StateStore contract (shared with tests/integration/test_redis_store.py) + LocalState.
+"""runners/state/store.py: the StateStore contract (shared with test_redis_store.py) + LocalState.
 
 `StoreContract` holds the behaviour every implementation must show; a subclass provides the `backend`
 fixture (how to build a store, and how to dump everything it holds as bytes for the forget checks).
@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
-from runners.store import (
+from runners.state.store import (
     EPOCH,
     TS_MAX,
     Event,

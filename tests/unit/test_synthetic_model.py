@@ -13,11 +13,11 @@ from loadtests.synthetic_model import (
     synthetic_item_item,
     synthetic_rows,
 )
+from models import registry
 from models.candidates import feature_names
 from models.item_item import DENSE_MAX_ITEMS, SPARSE_K, ItemItem, SparseRows
 from models.ranker import INPUT_NAMES
-from runners import artifacts
-from training import store
+from runners.stages import served_model
 from training.item_item import EASE_MAX_ITEMS
 
 N_ITEMS, N_USERS = 500, 200
@@ -25,13 +25,13 @@ N_ITEMS, N_USERS = 500, 200
 
 def test_tiny_synthetic_version_is_servable_and_loads_consistently():
     tag = build_synthetic_version(N_ITEMS, n_users=N_USERS, dim=16, hidden=32, n_genres=6)
-    model = store.get(tag)
-    assert store.servable_problems(model) == []
+    model = registry.get(tag)
+    assert registry.servable_problems(model) == []
     assert model.info.labels["dataset"] == f"synthetic-{N_ITEMS}"
     assert find_synthetic_version(N_ITEMS) == tag
     assert model.info.metadata["index"]["kind"] == "flat"  # N_ITEMS is under the exact-search threshold
 
-    served = artifacts.load(model)
+    served = served_model.load(model)
     assert served.n_items == N_ITEMS == served.index.ntotal == served.popularity.shape[0]
     assert served.weights.item_in.shape == (N_ITEMS, 32)
     assert served.weights.item_vectors.shape == (N_ITEMS, 16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faiss
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from runners.threads import limit_numeric_threads
+from runners.platform.threads import limit_numeric_threads
 
 
 def test_every_pool_is_capped() -> None:

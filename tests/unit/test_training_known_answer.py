@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from models.registry import ARTIFACTS
 from models.retrieval import RetrievalWeights
 from tests.conftest import TINY
 from training.experiment import RunResult
 from training.export import ParityError, check_parity, ranker_inputs, session
 from training.pipeline import histories, torch_rank_fn
 from training.report import COLUMNS
-from training.store import ARTIFACTS
 
 
 def test_recommendations_follow_the_planted_genre(trained: RunResult, planted: dict[str, str]):

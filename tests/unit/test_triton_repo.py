@@ -1,4 +1,4 @@
-"""training/triton_repo.py renders configs Triton can parse, with the right fields, deterministically."""
+"""runners/triton/repository.py renders configs Triton can parse, with the right fields, deterministically."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runners.triton_model import RequestError, merge, runs, split, validate_request
-from training.triton_repo import MODEL_PY, README, VARIANTS, RankerMeta, render_config, render_triton
+from runners.triton.backend_model import RequestError, merge, runs, split, validate_request
+from runners.triton.repository import MODEL_PY, README, VARIANTS, RankerMeta, render_config, render_triton
 
 D, N, F = 24, 1000, 18
 TOP_LEVEL_ORDER = [
@@ -231,7 +231,7 @@ def test_invalid_arguments(model_dir: Path, tmp_path: Path) -> None:
         render_triton(model_dir, tmp_path / "repo", max_batch_size=0)
 
 
-# The Python-backend model's pure helpers (runners/triton_model.py, importable without Triton).
+# The Python-backend model's pure helpers (runners/triton/backend_model.py, importable without Triton).
 
 
 def test_merge_and_split_round_trip() -> None:
@@ -336,10 +336,10 @@ MODEL_F = 2  # candidate_feature_dim of the fake model
 
 @pytest.fixture()
 def python_model(monkeypatch: pytest.MonkeyPatch):
-    """runners/triton_model.TritonPythonModel with a fake pb_utils and session (no Triton, no ORT)."""
+    """runners/triton/backend_model.TritonPythonModel with a fake pb_utils and session (no Triton, no ORT)."""
     from types import SimpleNamespace
 
-    import runners.triton_model as triton_model
+    import runners.triton.backend_model as triton_model
 
     fake = SimpleNamespace(
         get_input_tensor_by_name=lambda request, name: request.get(name),
@@ -468,7 +468,7 @@ def _model_args(tmp_path: Path, inputs: list[str], params: dict[str, str]) -> di
 
 
 def test_initialize_reads_the_parameters_and_checks_the_graph_inputs(tmp_path: Path) -> None:
-    from runners.triton_model import TritonPythonModel
+    from runners.triton.backend_model import TritonPythonModel
 
     four = ["item_ids", "user_features", "candidate_ends", "candidate_features"]
     model = TritonPythonModel()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from runners.variants import Assigner, VariantConfig, unit_hash
+from runners.serving.variants import Assigner, VariantConfig, unit_hash
 
 CONFIG = {
     "salt": "exp-1",
@@ -80,7 +80,7 @@ def test_parse_default_inline_and_file(tmp_path: Path) -> None:
 
 
 def test_settings_refuse_a_bad_variants_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runners.settings import SettingsError, load_settings
+    from runners.platform.settings import SettingsError, load_settings
 
     monkeypatch.setenv("FOLIO_VARIANTS", '{"variants": [{"name": "a", "share": 0.4}]}')
     load_settings.cache_clear()

@@ -50,7 +50,8 @@ MODEL_AGE = bentoml.metrics.Gauge(
     documentation="Seconds since the served version was trained (budget: FOLIO_MODEL_MAX_AGE_S)",
 )
 CATALOG_REVISION = bentoml.metrics.Gauge(
-    name="folio_catalog_revision", documentation="Catalog revision this worker serves (runners/catalog.py)"
+    name="folio_catalog_revision",
+    documentation="Catalog revision this worker serves (runners/state/catalog.py)",
 )
 CATALOG_WITHDRAWN = bentoml.metrics.Gauge(
     name="folio_catalog_withdrawn_items", documentation="Books withdrawn from the catalog"

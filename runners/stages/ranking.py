@@ -1,6 +1,6 @@
 """Ranking stage: score one user's candidates with Triton, falling back to in-process ONNX Runtime.
 
-Contract (graph: models/ranker.py; Triton models `ranker_{int8,fp16,fp32}`: runners/triton_model.py)::
+Contract (graph: models/ranker.py; Triton models `ranker_{int8,fp16,fp32}`: runners/triton/backend_model.py)::
 
     rank(item_ids int [n], user_row float32 [D], candidate_features float32 [n, F], precision)
         -> RankResult(scores float32 [n] | None, ...)
@@ -41,8 +41,8 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc.aio as grpcaio
 
-from runners.triton import TritonServer
-from training.triton_repo import render_triton
+from runners.triton.repository import render_triton
+from runners.triton.server import TritonServer
 
 log = logging.getLogger(__name__)
 

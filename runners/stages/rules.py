@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runners.artifacts import ServedModel
+from runners.stages.served_model import ServedModel
 
 
 def genre_mask(model: ServedModel, wanted: Sequence[str] | None) -> np.ndarray | None:

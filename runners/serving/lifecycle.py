@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from runners import artifacts
-from runners.artifacts import ModelLoadError, ServedModel
-from runners.metrics import ranking_event
-from runners.ranking import RankingStage
-from runners.recommender import Recommender
-from runners.settings import Settings
-from runners.store import StateStore
-from training import store
+from models import registry
+from runners.platform.metrics import ranking_event
+from runners.platform.settings import Settings
+from runners.stages import served_model
+from runners.stages.pipeline import Recommender
+from runners.stages.ranking import RankingStage
+from runners.stages.served_model import ModelLoadError, ServedModel
+from runners.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ async def deploy(
     settings: Settings, state: StateStore, tag: str | None, *, require_triton: bool
 ) -> Deployment:
     """Load, start and smoke-test ``tag`` (None: production). Raises ModelLoadError when not servable."""
-    stored = await asyncio.to_thread(artifacts.resolve, tag)
-    problems = await asyncio.to_thread(store.servable_problems, stored)
+    stored = await asyncio.to_thread(served_model.resolve, tag)
+    problems = await asyncio.to_thread(registry.servable_problems, stored)
     if problems:
         raise ModelLoadError(f"{stored.tag} is not servable: {'; '.join(problems)}")
-    model = await asyncio.to_thread(artifacts.load, stored)
+    model = await asyncio.to_thread(served_model.load, stored)
     ranking = RankingStage(
         model.path,
         triton_url=settings.triton_url,

@@ -20,17 +20,17 @@ import numpy as np
 
 from models.candidates import POSITIVE_RATING, event_rating, rating_weight
 from models.diversity import diversify
-from runners import rules
-from runners.artifacts import ServedModel
-from runners.cache import ResultCache
-from runners.catalog import Book, CatalogState, CatalogView
-from runners.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
-from runners.new_books import NewBooks, place
-from runners.ranking import RankingStage
-from runners.retrieval import Candidates, RetrievalStage
-from runners.schemas import FeedbackEvent, Item, RecommendRequest, RecommendResponse
-from runners.settings import Settings
-from runners.store import Event, StateStore, StateUnavailable
+from runners.http.schemas import FeedbackEvent, Item, RecommendRequest, RecommendResponse
+from runners.platform.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
+from runners.platform.settings import Settings
+from runners.stages import rules
+from runners.stages.cache import ResultCache
+from runners.stages.new_books import NewBooks, place
+from runners.stages.ranking import RankingStage
+from runners.stages.retrieval import Candidates, RetrievalStage
+from runners.stages.served_model import ServedModel
+from runners.state.catalog import Book, CatalogState, CatalogView
+from runners.state.store import Event, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class UnknownItem(LookupError):
 
 
 class WithdrawnItem(LookupError):
-    """A book withdrawn from the catalog (runners/catalog.py): it takes no feedback."""
+    """A book withdrawn from the catalog (runners/state/catalog.py): it takes no feedback."""
 
 
 class InvalidEvent(ValueError):
@@ -100,7 +100,7 @@ class Recommender:
         self._encoded: dict[Book, np.ndarray] = {}
 
     def set_catalog(self, state: CatalogState) -> None:
-        """Serve the catalog changes of ``state`` (runners/catalog.py) from the next request on."""
+        """Serve the catalog changes of ``state`` (runners/state/catalog.py) from the next request on."""
         if state.revision != self.catalog.revision:
             view = CatalogView.build(state, self.model.position, self.model.n_items)
             m = self.model
@@ -257,7 +257,7 @@ class Recommender:
         user: UserState,
         req: RecommendRequest,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``ranked`` with the user's best new books, placed by retrieval score (runners/new_books.py)."""
+        """``ranked`` with the user's best new books, placed by retrieval score (stages/new_books.py)."""
         new = self.new_books
         ok = np.flatnonzero(new.eligible(user.seen_new, req.genres))
         if not ok.size:

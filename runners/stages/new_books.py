@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.content import BookRecord, ContentEncoder
-from runners.catalog import Book
+from runners.state.catalog import Book
 
 
 @dataclass(frozen=True)

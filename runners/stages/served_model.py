@@ -1,6 +1,6 @@
 """The served model version, loaded from the BentoML model store into memory once per worker.
 
-A version (training/store.py ARTIFACTS) holds the retrieval weights, the FAISS index, the three ONNX
+A version (training/registry.py ARTIFACTS) holds the retrieval weights, the FAISS index, the three ONNX
 rankers, the catalog, popularity and the training histories. Items are addressed by their internal
 index (0..n-1, the row in every table); ``position`` maps external item ids to it.
 """
@@ -16,12 +16,12 @@ import bentoml
 import faiss
 import numpy as np
 
+from models import registry
 from models.candidates import DEFAULT_RATING_WEIGHT, feature_names
 from models.content import ContentEncoder
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
 from models.item_item import ItemItem
 from models.user_encoder import RetrievalWeights
-from training import store
 
 
 class ModelLoadError(RuntimeError):
@@ -57,9 +57,9 @@ class ServedModel:
 
 def resolve(tag: str | None) -> bentoml.Model:
     """``tag`` if given, else the store's production version."""
-    model = store.get(tag) if tag else store.production()
+    model = registry.get(tag) if tag else registry.production()
     if model is None:
-        raise store.StoreError(
+        raise registry.StoreError(
             "no production model in the store: run ./scripts/main.sh or set FOLIO_MODEL_TAG"
         )
     return model
@@ -72,7 +72,7 @@ def served_tag(tag: str | None) -> str:
 
 def load(model: bentoml.Model) -> ServedModel:
     path = Path(model.path)
-    missing = [a for a in store.ARTIFACTS if not (path / a).is_file()]
+    missing = [a for a in registry.ARTIFACTS if not (path / a).is_file()]
     if missing:
         raise ModelLoadError(f"{model.tag} lacks {', '.join(missing)}")
     catalog: list[dict[str, Any]] = json.loads((path / "catalog.json").read_text())
@@ -104,9 +104,9 @@ def load(model: bentoml.Model) -> ServedModel:
             f"item-item sources give {list(feature_names(item_item))}"
         )
     content = None
-    if (path / store.CONTENT_FILE).is_file():
+    if (path / registry.CONTENT_FILE).is_file():
         try:
-            content = ContentEncoder.load(path / store.CONTENT_FILE)
+            content = ContentEncoder.load(path / registry.CONTENT_FILE)
         except ValueError as exc:
             raise ModelLoadError(f"{model.tag}: {exc}") from exc
         if content.dim != weights.dim:

@@ -26,7 +26,7 @@ pin each fix on the installed release, so an upgrade that drops one fails there)
    (``timeout_keep_alive`` and ``h11_max_incomplete_event_size`` don't). The protocol classes get a
    timer, armed when a connection opens and after each response, that closes the connection when no
    complete head arrived within ``FOLIO_REQUEST_HEAD_TIMEOUT_S``.
-5. The OpenAPI document (/docs.json) says what the server really answers: ``runners/openapi.py``.
+5. The OpenAPI document (/docs.json) says what the server really answers: ``runners/http/openapi.py``.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from typing import Any
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
 
-from runners.metrics import HEAD_TIMEOUTS
-from runners.settings import Settings, load_settings
+from runners.platform.metrics import HEAD_TIMEOUTS
+from runners.platform.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("runners.http")
@@ -236,6 +236,6 @@ def install(settings: Settings | None = None) -> None:
         _quiet_client_errors(bentoml_app)
     trust_forwarded_headers_from(settings.trusted_proxies)
     bound_request_head(settings.request_head_timeout_s)
-    from runners import openapi
+    from runners.http import openapi
 
     openapi.install()

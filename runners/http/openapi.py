@@ -33,7 +33,7 @@ import copy
 import logging
 from typing import Any
 
-from runners.bentoml_fixes import supported
+from runners.platform.bentoml_patch import supported
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -108,7 +108,7 @@ SERVICE_ERRORS["/admin/catalog/books"] = {
 SERVICE_ERRORS["/admin/catalog/withdraw"] = SERVICE_ERRORS["/admin/catalog/restore"] = _CATALOG_ERRORS
 OPEN_INFRA = ("/healthz", "/livez", "/readyz")
 # The fields whose values the server accepts only within a window of its clock, the routes that take
-# them, and what their 400 Problem's error says (runners/recommender.py InvalidEvent).
+# them, and what their 400 Problem's error says (runners/stages/pipeline.py InvalidEvent).
 WINDOWED_FIELDS = (("FeedbackEvent", "ts"),)
 WINDOWED_ROUTES = ("/feedback", "/feedback/batch")
 WINDOW_REFUSAL = "is outside the accepted window"
@@ -272,8 +272,8 @@ Choices = dict[tuple[str, str], list[str]]
 
 def served_choices() -> Choices:
     """(request model, field) -> the values this server accepts there, as configured."""
-    from runners.settings import PRECISIONS, load_settings
-    from runners.variants import VariantConfig
+    from runners.platform.settings import PRECISIONS, load_settings
+    from runners.serving.variants import VariantConfig
 
     settings = load_settings()
     config = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag)
@@ -282,8 +282,8 @@ def served_choices() -> Choices:
 
 
 def served_window() -> Window:
-    """The ts window this server applies (runners/recommender.py ``feedback_events``)."""
-    from runners.settings import load_settings
+    """The ts window this server applies (runners/stages/pipeline.py ``feedback_events``)."""
+    from runners.platform.settings import load_settings
 
     settings = load_settings()
     return settings.feedback_max_age_s, settings.feedback_max_skew_s

@@ -16,8 +16,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from runners.metrics import CACHE, STATE_ERRORS
-from runners.store import StateStore, StateUnavailable
+from runners.platform.metrics import CACHE, STATE_ERRORS
+from runners.state.store import StateStore, StateUnavailable
 
 
 class TTLCache:

@@ -1,7 +1,7 @@
 """The deployments a worker serves, and which one answers which user.
 
 One ``Deployment`` per distinct model spec of the variants config (``production``, or a pinned tag).
-Requests are routed by the user's A/B variant (runners/variants.py); shadow variants score a sample of
+Requests are routed by the user's A/B variant (runners/serving/variants.py); shadow variants score a sample of
 requests in the background. The ``production`` spec follows the model store: a watcher (and the admin
 reload endpoint) deploys a newly promoted version next to the current one and swaps it in only once
 it has passed its checks; a refused version is logged and the current one keeps serving.
@@ -10,7 +10,7 @@ An /admin/reload on one worker is applied by every worker: the worker that took 
 (with the production version it overrides) in the shared state store, and every watcher deploys it on
 its next poll. A reload to the version already served is a no-op (no new deployment).
 
-Catalog changes (runners/catalog.py) are followed the same way, faster: every ``catalog_poll_s`` each
+Catalog changes (runners/state/catalog.py) are followed the same way, faster: every ``catalog_poll_s`` each
 worker reads the catalog revision (one Redis GET) and, when it moved, the catalog state, which every
 deployment (a newly deployed one too) then serves. The worker that made a change applies it at once.
 """
@@ -28,10 +28,9 @@ from typing import Any
 
 from starlette.responses import Response
 
-from runners import artifacts
-from runners.catalog import CatalogChange, CatalogLog, CatalogState
-from runners.lifecycle import Deployment, deploy, retire
-from runners.metrics import (
+from models import registry
+from runners.http.schemas import RecommendRequest, RecommendResponse
+from runners.platform.metrics import (
     CATALOG_REVISION,
     CATALOG_WITHDRAWN,
     MODEL_AGE,
@@ -42,12 +41,13 @@ from runners.metrics import (
     VARIANT_REQUESTS,
     VARIANT_SECONDS,
 )
-from runners.recommender import CachedResult, UnknownItem
-from runners.schemas import RecommendRequest, RecommendResponse
-from runners.settings import PRECISIONS, Settings
-from runners.store import StateStore, StateUnavailable
-from runners.variants import PRODUCTION, Assigner, Variant, VariantConfig
-from training import store
+from runners.platform.settings import PRECISIONS, Settings
+from runners.serving.lifecycle import Deployment, deploy, retire
+from runners.serving.variants import PRODUCTION, Assigner, Variant, VariantConfig
+from runners.stages import served_model
+from runners.stages.pipeline import CachedResult, UnknownItem
+from runners.state.catalog import CatalogChange, CatalogLog, CatalogState
+from runners.state.store import StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 AGE_REPORT_S = 5.0  # how often folio_model_age_seconds is refreshed
@@ -63,9 +63,9 @@ def primary_tag(settings: Settings) -> str:
     FOLIO_MODEL_STORE, production is read from the shared store once the service is built; the version
     declared here is then the newest of BentoML's own store (inside a Bento: the one it packed)."""
     spec = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag).served[0].model
-    if spec == PRODUCTION and os.environ.get(store.MODEL_STORE_ENV) and (packed := store.newest()):
+    if spec == PRODUCTION and os.environ.get(registry.MODEL_STORE_ENV) and (packed := registry.newest()):
         return str(packed.tag)
-    return artifacts.served_tag(None if spec == PRODUCTION else spec)
+    return served_model.served_tag(None if spec == PRODUCTION else spec)
 
 
 class Fleet:
@@ -171,7 +171,7 @@ class Fleet:
     async def admin_reload(self, tag: str | None) -> tuple[str, str]:
         """/admin/reload: ``reload`` here, then recorded for every other worker's watcher."""
         new, previous = await self.reload(tag)
-        prod = await asyncio.to_thread(store.production)
+        prod = await asyncio.to_thread(registry.production)
         record = json.dumps({"tag": new, "production": None if prod is None else str(prod.tag)})
         try:
             await self.state.set_shared(RELOAD_KEY, record)
@@ -187,10 +187,10 @@ class Fleet:
         async with self._lock:
             current = self.deployments[PRODUCTION]
             if tag is None:
-                prod = await asyncio.to_thread(store.production)
+                prod = await asyncio.to_thread(registry.production)
                 tag = str(prod.tag) if prod is not None else current.tag
             else:  # the full tag, so that another spelling of the served version is a no-op
-                tag = str((await asyncio.to_thread(store.get, tag)).tag)
+                tag = str((await asyncio.to_thread(registry.get, tag)).tag)
             if tag == current.tag:
                 return tag, tag
             try:
@@ -217,7 +217,7 @@ class Fleet:
         while True:
             await asyncio.sleep(self.settings.model_watch_s)
             try:
-                prod = await asyncio.to_thread(store.production)
+                prod = await asyncio.to_thread(registry.production)
                 prod_tag = None if prod is None else str(prod.tag)
                 if prod_tag is not None and prod_tag != seen:
                     seen = prod_tag

@@ -21,7 +21,7 @@ Redis keys (all under `prefix`, default "folio:"):
     hashkey       the HMAC key, when FOLIO_USER_HASH_KEY is not set (generated once, shared by workers)
 
 Feedback log: the stream (Redis) and the journal's "ev" / "forget" lines (local; numbered by "n", in file
-order) are the ordered log `training/feedback.py` exports from (runners/feedback_log.py reads it).
+order) are the ordered log `training/feedback.py` exports from (runners/state/feedback_log.py reads it).
 
 Durability: `append_events` returns after the data is durable as far as the backend goes: LocalState writes,
 flushes and fsyncs its journal (and replays it on construction; a torn last line is dropped, any other bad
@@ -33,7 +33,7 @@ Trending decay: an event of weight w at ts counts w * 2**(-(now - ts) / half_lif
 item, L = log2(sum of w * 2**((ts - EPOCH) / half_life_s)) (added in log space: max + log2(1 + 2**(min-max)))
 and read 2**(L - (now - EPOCH) / half_life_s). L grows linearly with time, never exponentially, so nothing
 overflows for any accepted timestamp (up to 2100) and any half-life; the read is finite because accepted
-timestamps are at most a bounded skew ahead of now (runners/settings.py checks skew / half-life).
+timestamps are at most a bounded skew ahead of now (runners/platform/settings.py checks skew / half-life).
 
 Forget (right to be forgotten) deletes the user's history, cache, generation, the bucket f"user:{user_id}"
 and their feedback entries, then records the keyed hash of the user id so `is_forgotten` is True until the
@@ -760,7 +760,7 @@ class RedisState:
 
     @property
     def client(self) -> aioredis.Redis:
-        """The connection pool's client, for other stores sharing this Redis (runners/catalog.py)."""
+        """The connection pool's client, for other stores sharing this Redis (runners/state/catalog.py)."""
         return self._r
 
     @classmethod

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     # what is served
     model_tag: str | None = Field(None, description="store tag to serve; default: the production version")
     precision: str = Field("int8", description="default ranker variant: int8 | fp16 | fp32")
-    variants: str | None = Field(None, description="A/B variants: JSON or @path (see runners/variants.py)")
+    variants: str | None = Field(
+        None, description="A/B variants: JSON or @path (see runners/serving/variants.py)"
+    )
     model_watch_s: float = Field(5.0, ge=0, description="poll the store for a new production version; 0: off")
     new_books_per_list: int = Field(
         2, ge=0, le=50, description="at most this many books added after training in one /recommend answer"
@@ -114,7 +116,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _decay_stays_finite(self) -> Settings:
-        # a trending score is at most 2**(skew / half-life) times its weight (runners/store.py)
+        # a trending score is at most 2**(skew / half-life) times its weight (runners/state/store.py)
         if self.feedback_max_skew_s / self.trending_half_life_s > 64:
             raise ValueError("FOLIO_FEEDBACK_MAX_SKEW_S must be at most 64 x FOLIO_TRENDING_HALF_LIFE_S")
         return self
@@ -167,7 +169,7 @@ class Settings(BaseSettings):
     @field_validator("variants")
     @classmethod
     def _variants(cls, v: str | None) -> str | None:
-        from runners.variants import VariantConfig
+        from runners.serving.variants import VariantConfig
 
         try:
             VariantConfig.parse(v, "int8", None)

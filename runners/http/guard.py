@@ -8,7 +8,7 @@
 * Rate limit: a token bucket per key (per client address without auth), atomic in the state store
   (Redis when configured, so every worker shares it). 429 with ``Retry-After``. Fails open, counted,
   when the store is down. The client address is the connection's peer: ``X-Forwarded-For`` is believed
-  only from ``FOLIO_TRUSTED_PROXIES`` (runners/bentoml_fixes.py).
+  only from ``FOLIO_TRUSTED_PROXIES`` (runners/platform/bentoml_patch.py).
 * Content type: a POST, PUT or PATCH that carries a body must say
   ``Content-Type: application/json`` (parameters allowed; a charset must be UTF-8), else 415. Only
   that type: the API documents no other, and the three types a browser may send cross-site without a
@@ -35,9 +35,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runners.metrics import AUTH_FAILURES, BODY_REFUSALS, RATE_LIMITED, STATE_ERRORS
-from runners.settings import Settings
-from runners.store import StateStore, StateUnavailable
+from runners.platform.metrics import AUTH_FAILURES, BODY_REFUSALS, RATE_LIMITED, STATE_ERRORS
+from runners.platform.settings import Settings
+from runners.state.store import StateStore, StateUnavailable
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/docs.json", "/"})
 OPEN_PREFIXES = ("/static_content/",)  # the Swagger page's scripts and styles

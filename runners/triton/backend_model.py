@@ -1,6 +1,6 @@
 """Triton Python-backend model serving one ONNX ranker variant with ONNX Runtime (CPU).
 
-`training/triton_repo.py` copies this file as `<model>/1/model.py` next to `<model>/1/model.onnx`.
+`runners/triton/repository.py` copies this file as `<model>/1/model.py` next to `<model>/1/model.onnx`.
 
 Per request (the dynamic batcher may hand several to one `execute`; `allow_ragged_batch` on item_ids
 and candidate_features lets their candidate counts differ):
@@ -121,10 +121,10 @@ class TritonPythonModel:
         if not f.isdigit() or int(f) < 1:
             raise RuntimeError(
                 f"{self.model_name}: config parameter candidate_feature_dim is missing or not an integer "
-                f">= 1 ({f!r}): re-render the repository with training/triton_repo.py"
+                f">= 1 ({f!r}): re-render the repository with runners/triton/repository.py"
             )
         self.candidate_feature_dim = int(f)
-        # 1024: training/triton_repo.MAX_CANDIDATES_PER_RUN (this file runs in Triton, without the package)
+        # 1024: repository.MAX_CANDIDATES_PER_RUN (this file runs in Triton, without the package)
         self.max_candidates_per_run = int(params.get("max_candidates_per_run") or 1024)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         onnx_path = version_dir / (params.get("onnx_file") or "model.onnx")

@@ -9,11 +9,11 @@ changes made through the admin API (``/admin/catalog/*``, ``python -m training c
 
 Every change gets the next *revision* (1, 2, ...). ``CatalogState`` is the result of applying the log:
 the latest record of every upserted book and the set of withdrawn ids. It lives in the state store, so
-every worker and replica sees the same one (each polls the revision: ``runners/fleet.py``), and outside
+every worker and replica sees the same one (each polls the revision: serving/fleet.py), and outside
 the model, so it survives restarts and promotions; the next training run reads the log
 (``changes``) and applies it to its dataset.
 
-Two backends of one interface, as in runners/store.py: ``LocalCatalog`` (in-process, with an fsynced
+Two backends of one interface, as in runners/state/store.py: ``LocalCatalog`` (in-process, with an fsynced
 JSON-lines journal next to the state store's) and ``RedisCatalog``:
     catalog:rev       the revision (INCR)
     catalog:books     hash item id -> Book JSON
@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import redis.asyncio as aioredis
 
-from runners.store import MAX_ID_CHARS, TS_MAX, JournalFile, read_journal, redis_errors
+from runners.state.store import MAX_ID_CHARS, TS_MAX, JournalFile, read_journal, redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class RedisCatalog:
 
 def open_catalog(state: object, journal_path: Path) -> CatalogLog:
     """The catalog log next to a state store: in its Redis, or a journal beside its local one."""
-    from runners.store import RedisState
+    from runners.state.store import RedisState
 
     if isinstance(state, RedisState):
         return RedisCatalog(state.client, state.url, state.prefix)

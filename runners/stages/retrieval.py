@@ -14,7 +14,7 @@ import numpy as np
 
 from models.candidates import user_candidates
 from models.features import user_features
-from runners.artifacts import ServedModel
+from runners.stages.served_model import ServedModel
 
 
 @dataclass(frozen=True)

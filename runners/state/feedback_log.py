@@ -1,7 +1,7 @@
 """The feedback log, read in order from a position on: what `training/feedback.py` exports.
 
 Both state stores keep one ordered log of acknowledged feedback events and forget tombstones
-(runners/store.py): Redis's ``feedback`` stream (entry ids ``<ms>-<seq>``; field "e" = Event JSON, "f" =
+(runners/state/store.py): Redis's ``feedback`` stream (entry ids ``<ms>-<seq>``; field "e" = Event JSON, "f" =
 a forgotten user's keyed hash) and the local journal (``"ev"`` and ``"forget"`` lines numbered by
 ``"n"``; lines written before numbering read as n = 0). A position is a pair of ints that grows along
 the log: (ms, seq) of a stream id, (n, 0) of a journal line.
@@ -22,8 +22,8 @@ from typing import Any, Protocol, cast
 
 import redis
 
-from runners.settings import Settings
-from runners.store import Event, journal_seq, keyed_user_hash, local_hash_key, redact_url
+from runners.platform.settings import Settings
+from runners.state.store import Event, journal_seq, keyed_user_hash, local_hash_key, redact_url
 
 log = logging.getLogger(__name__)
 

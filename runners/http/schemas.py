@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runners import catalog
-from runners.settings import PRECISIONS
-from runners.store import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
+from runners.platform.settings import PRECISIONS
+from runners.state import catalog
+from runners.state.store import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
 
 # ASCII classes, not \w: JSON Schema's \w (ECMA) is ASCII while Python's and pydantic's are Unicode, so
 # a document with \w would not say what the server accepts (the fuzz suite found "eÕ" accepted).

@@ -11,13 +11,13 @@ Output (`out`, usually `model_repository/`)::
     out/README.md
     out/ranker_int8/config.pbtxt      rendered, deterministic, commit-able
     out/ranker_int8/1/model.onnx      copy of the stored ONNX (version dirs are git-ignored)
-    out/ranker_int8/1/model.py        target "cpu" only: runners/triton_model.py
+    out/ranker_int8/1/model.py        target "cpu" only: runners/triton/backend_model.py
     out/ranker_fp16/...
     out/ranker_fp32/...
 
 Targets:
 
-* "cpu": Python backend + ONNX Runtime CPU (`runners/triton_model.py`), runnable with the
+* "cpu": Python backend + ONNX Runtime CPU (`runners/triton/backend_model.py`), runnable with the
   tritonserver from the nvidia-pytriton wheel. The backend gets the raw requests, so `item_ids` and
   `candidate_features` are ragged inputs (`allow_ragged_batch`); model.py checks each request
   (`candidate_feature_dim`, rendered into the parameters, gives F), concatenates them and computes
@@ -42,7 +42,7 @@ from pathlib import Path
 
 VARIANTS = ("int8", "fp16", "fp32")
 TARGETS = ("cpu", "gpu")
-MODEL_PY = Path(__file__).resolve().parent.parent / "runners" / "triton_model.py"
+MODEL_PY = Path(__file__).resolve().parent / "backend_model.py"
 VERSION = "1"
 _TRT_PRECISION = {"int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
 
@@ -322,7 +322,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 README = """\
 # Triton model repository (rendered)
 
-Rendered by `training/triton_repo.py` (`render_triton(model_dir, out, target=...)`) from a stored
+Rendered by `runners/triton/repository.py` (`render_triton(model_dir, out, target=...)`) from a stored
 model directory (`ranker_{fp32,fp16,int8}.onnx` + `ranker.json`). Do not edit by hand: re-render.
 
 ```
@@ -351,7 +351,7 @@ ragged inputs to be 1-D); the graph reshapes it to [R, F].
 
 ## target "cpu" (this repository as rendered by default)
 
-`backend: "python"`: `1/model.py` (a copy of `runners/triton_model.py`) runs `1/model.onnx` with
+`backend: "python"`: `1/model.py` (a copy of `runners/triton/backend_model.py`) runs `1/model.onnx` with
 ONNX Runtime's CPU provider (`intra_op_num_threads` parameter, default 1). `item_ids` and
 `candidate_features` have `allow_ragged_batch: true`, so the dynamic batcher merges requests with
 different candidate counts into one `execute()`. It checks each request (ids in [0, `n_items`),
@@ -359,7 +359,7 @@ different candidate counts into one `execute()`. It checks each request (ids in 
 a bad request gets its own INVALID_ARG error, the others are served), concatenates them into runs of
 at most `max_candidates_per_run` candidates (default 1024; the CPU cost per candidate grows with
 larger runs), computes `candidate_ends` and runs the graph once per run.
-Served by the tritonserver binary of the `nvidia-pytriton` wheel through `runners/triton.py`.
+Served by the tritonserver binary of the `nvidia-pytriton` wheel through `runners/triton/server.py`.
 
 ## target "gpu" (NGC `nvcr.io/nvidia/tritonserver:<yy.mm>-py3` image)
 
@@ -381,7 +381,7 @@ Caveats (not runnable on the CPU dev machines, so unverified here):
 * Nothing checks a request's `candidate_features` size on this target (there is no model.py): Triton
   concatenates the ragged inputs as they come, so a request with other than n*F values fails the whole
   batch in the graph's reshape, or, when the batch total still divides, shifts its neighbours'
-  features. Clients must send exactly n*F (runners/ranking.py does).
+  features. Clients must send exactly n*F (runners/stages/ranking.py does).
 * The FP16 variant can equally be the fp32 ONNX with `precision_mode: FP16`; TensorRT does the cast.
 * The first load builds the TensorRT engines (seconds to minutes); keep `trt_engine_cache_path` on a
   persistent volume.

@@ -1,0 +1,1 @@
+"""HTTP edge: request/response schemas, the guard middleware, the OpenAPI document."""

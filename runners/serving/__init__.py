@@ -1,0 +1,1 @@
+"""The model versions a worker serves: deployment, hot swap, retirement, A/B routing."""

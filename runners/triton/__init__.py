@@ -1,0 +1,1 @@
+"""Triton Inference Server: the embedded process, the model repository, the backend model, the client."""
