@@ -2,7 +2,7 @@
 
     build_synthetic_version(1_000_000)  ->  "folio:<version>"  (labels: dataset=synthetic-1000000)
 
-No training run and no dataset: every artifact of training/registry.py ARTIFACTS is generated, with the
+No training run and no dataset: every artifact of models/version.py ARTIFACTS is generated, with the
 shapes and structure a trained version has, and written with the project's own code where it exists:
 
 * catalog: Goodbooks-like entries (item_id, title, authors, genres, year), a primary genre per item
@@ -52,7 +52,6 @@ item with EASE's matrix too, e.g. at 10k items); a dense one n_items x 4 bytes p
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -64,11 +63,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models import registry
+from models import registry, version
 from models.candidates import feature_names, rating_weight
 from models.features import FeatureSpec, genre_matrix, item_tables
 from models.item_item import DENSE_MAX_ITEMS, SPARSE_K, ItemItem, Matrix, Source, SparseRows
-from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
+from models.ranker import Ranker
 from models.user_encoder import RetrievalWeights
 from training.export import ParityError, check_parity, export_all
 from training.index import EXACT_MAX_ITEMS, build_index, index_kind, recall_at_k
@@ -350,12 +349,12 @@ def write_synthetic_artifacts(
     seed: int = 0,
     fit_steps: int = 0,
 ) -> dict[str, Any]:
-    """Write every artifact of registry.ARTIFACTS into ``out``; returns the version metadata."""
+    """Write every artifact of a version (models/version.py) into ``out``; returns the version metadata."""
     if not 1 <= n_genres <= len(GENRES):
         raise ValueError(f"n_genres must lie in [1, {len(GENRES)}]")
     if n_items < 2 * CANDIDATES:
         raise ValueError(f"n_items must be at least {2 * CANDIDATES}")
-    out.mkdir(parents=True, exist_ok=True)
+    writer = version.VersionWriter(out)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     times: dict[str, float] = {}
@@ -374,7 +373,7 @@ def write_synthetic_artifacts(
     rank = rng.permutation(n_items)
     zipf = (1.0 / (rank + 1.0) ** 1.1).astype(np.float64)
     entries, item_genres, years = _catalog(rng, n_items, genres, primary)
-    (out / "catalog.json").write_text(json.dumps(entries))
+    writer.catalog(entries)
     del entries
     lap("catalog")
 
@@ -391,25 +390,20 @@ def write_synthetic_artifacts(
     train, valid_t, test_t = (_csr(r, n_items) for r in (train_rows, valid_rows, test_rows))
     train_rated = _csr(train_rows, n_items, train_weights)  # rating weights: what retrieve() reads
     everything = _csr(hists, n_items, rated)
-    np.savez(
-        out / "histories.npz",
-        indptr=everything.indptr,
-        indices=everything.indices,
-        weights=everything.data.astype(np.float32),  # rating weights, aligned with indices
-        user_ids=np.array([str(u + 1) for u in range(n_users)]),
-    )
+    user_ids = np.array([str(u + 1) for u in range(n_users)])
+    writer.histories(version.Histories(everything.indptr, everything.indices, everything.data, user_ids))
     counts = np.bincount(everything.indices, minlength=n_items)
     notional_ratings = 200.0 * n_items  # a Goodbooks-like reader base: ~200 ratings per book on average
     popularity = (np.round(zipf / zipf.sum() * notional_ratings) + counts).astype(np.float32)
-    np.save(out / "popularity.npy", popularity)
+    writer.popularity(popularity)
     lap("histories")
 
     weights = _weights(rng, n_items, dim, hidden, primary, zipf)
-    weights.save(str(out / "retrieval.npz"))
+    weights.save(str(writer.path(version.RETRIEVAL)))
     lap("retrieval weights")
 
     index = build_index(weights.item_vectors)
-    faiss.write_index(index, str(out / "items.faiss"))
+    faiss.write_index(index, str(writer.path(version.INDEX)))
     lap("faiss index")
     queries = weights.user_vectors(histories(train, np.arange(min(200, n_users))))
     index_info = {
@@ -421,11 +415,11 @@ def write_synthetic_artifacts(
     lap("index recall")
 
     item_item = synthetic_item_item(np.random.default_rng(seed + 3), primary, zipf)
-    item_item.save(out / "item_item.npz")
+    item_item.save(writer.path(version.ITEM_ITEM))
     item_item_info = {
         "sources": [src.name for src in item_item.sources],
         "storage": "dense" if n_items <= DENSE_MAX_ITEMS else "sparse",
-        "bytes": (out / "item_item.npz").stat().st_size,
+        "bytes": (out / version.ITEM_ITEM).stat().st_size,
     }
     lap("item-item sources")
 
@@ -472,18 +466,13 @@ def write_synthetic_artifacts(
         raise ParityError(f"no ranker initialization out of {PARITY_ATTEMPTS} passed parity: {failures}")
     lap("parity")
 
-    (out / "ranker.json").write_text(
-        json.dumps(
-            {
-                "user_feature_dim": spec.user_dim,
-                "n_items": n_items,
-                "candidates": CANDIDATES,
-                "candidate_feature_dim": len(spec.candidate_features),
-                "feature_spec": spec.to_json(),
-                "inputs": list(INPUT_NAMES),
-                "outputs": list(OUTPUT_NAMES),
-            },
-            indent=1,
+    writer.ranker_meta(
+        version.RankerMeta(
+            user_feature_dim=spec.user_dim,
+            n_items=n_items,
+            candidate_feature_dim=len(spec.candidate_features),
+            feature_spec=spec,
+            candidates=CANDIDATES,
         )
     )
     synthetic = {
@@ -506,19 +495,17 @@ def write_synthetic_artifacts(
         synthetic["ranker_fit_loss"] = loss
     test_ndcg = {"Folio (retrieve + rank)": {"ndcg@10": parity.test_ndcg.get("fp32")}}
     valid_ndcg = {"Folio (retrieve + rank)": {"ndcg@10": parity.ndcg.get("fp32")}}
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "test": test_ndcg,
-                "valid": valid_ndcg,
-                "tuned": {},
-                "parity": parity.to_json(),
-                "index": index_info,
-                "synthetic": synthetic,
-            },
-            indent=1,
-        )
+    writer.metrics(
+        {
+            "test": test_ndcg,
+            "valid": valid_ndcg,
+            "tuned": {},
+            "parity": parity.to_json(),
+            "index": index_info,
+            "synthetic": synthetic,
+        },
     )
+    writer.finish()
     lap("metadata")
     return {
         "dataset": _labels(n_items),

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from models.features import FeatureSpec, ItemTables
+from models.version import RANKER_INPUTS, RANKER_OUTPUTS
 
-INPUT_NAMES = ["item_ids", "user_features", "candidate_ends", "candidate_features"]
-OUTPUT_NAMES = ["scores"]
+INPUT_NAMES = list(RANKER_INPUTS)  # the version contract (models/version.py) names them
+OUTPUT_NAMES = list(RANKER_OUTPUTS)
 
 
 class Ranker(nn.Module):

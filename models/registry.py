@@ -1,4 +1,5 @@
-"""Versioning in the BentoML model store: save a run as ``folio:<version>``, list, promote, roll back.
+"""Versioning in the BentoML model store: save a version directory (models/version.py) as
+``folio:<version>``, list, promote, roll back.
 
 Labels: ``stage`` (candidate | production | retired | rolled-back), ``dataset`` and, once promoted,
 ``promoted_at`` (UTC ISO time). Production is the model labelled stage=production; rollback walks
@@ -18,6 +19,8 @@ import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models import ModelStore
 
+from models import version
+
 MODEL_NAME = "folio"
 MODEL_STORE_ENV = "FOLIO_MODEL_STORE"
 
@@ -34,67 +37,25 @@ def use_configured_store() -> None:
         BentoMLContainer.model_store.set(ModelStore(directory))
 
 
-# Every file a stored version must hold for serving.
-ARTIFACTS = (
-    "retrieval.npz",
-    "item_item.npz",
-    "items.faiss",
-    "ranker_fp32.onnx",
-    "ranker_fp16.onnx",
-    "ranker_int8.onnx",
-    "ranker.json",
-    "catalog.json",
-    "popularity.npy",
-    "histories.npz",
-    "metrics.json",
-)
-CONTENT_FILE = "content.npz"  # the content encoder (item cold start); versions saved before it lack it
-OPTIONAL_ARTIFACTS = (CONTENT_FILE,)
-
-
-# The export parity rule: training/export.py enforces it, serving re-checks a version's metadata.
-NDCG_TOLERANCE = 0.002  # |NDCG@10(variant) - NDCG@10(fp32)| on validation
-BATCH_TOLERANCE = 1e-3  # max |score alone - score inside a batch|
-
-
 class StoreError(RuntimeError):
     pass
 
 
-def parity_problems(parity: dict[str, dict[str, float]]) -> list[str]:
-    """What breaks the parity rule in ``Parity.to_json()`` output (empty: parity holds)."""
-    ndcg, batch = parity.get("ndcg", {}), parity.get("batch_max_abs_diff", {})
-    if "fp32" not in ndcg:
-        return ["no parity results"]
-    problems = [
-        f"{v}: NDCG@10 {n:.4f} vs fp32 {ndcg['fp32']:.4f}"
-        for v, n in ndcg.items()
-        if abs(n - ndcg["fp32"]) > NDCG_TOLERANCE
-    ]
-    return problems + [
-        f"{v}: batched scores differ from scored-alone by {d:.2e}"
-        for v, d in batch.items()
-        if d > BATCH_TOLERANCE
-    ]
-
-
 def servable_problems(model: bentoml.Model) -> list[str]:
     """Why a stored version must not be served: missing artifacts, failed parity (empty: servable)."""
-    path = Path(model.path)
-    problems = [f"missing {a}" for a in ARTIFACTS if not (path / a).is_file()]
+    problems = [f"missing {a}" for a in version.missing(Path(model.path))]
     parity: Any = model.info.metadata.get("parity") or {}
-    return problems + parity_problems(parity)
+    return problems + version.parity_problems(parity)
 
 
 def save(artifacts: Path, labels: dict[str, str], metadata: dict[str, Any]) -> bentoml.Model:
     """Copy a complete artifact directory into a new store version (stage=candidate)."""
-    missing = [a for a in ARTIFACTS if not (artifacts / a).is_file()]
-    if missing:
+    if missing := version.missing(artifacts):
         raise StoreError(f"{artifacts} lacks {', '.join(missing)}: refusing to version an incomplete model")
     with bentoml.models.create(
         MODEL_NAME, labels={"stage": "candidate", **labels}, metadata=metadata
     ) as model:
-        for name in ARTIFACTS + OPTIONAL_ARTIFACTS:
+        for name in version.ARTIFACTS + version.OPTIONAL_ARTIFACTS:
             if (artifacts / name).is_file():
                 shutil.copy2(artifacts / name, Path(model.path) / name)
     return model

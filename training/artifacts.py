@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import bentoml
 import faiss
 import numpy as np
 
-from models import registry
+from models import registry, version
 from models.content import ContentEncoder, book_records
 from training.dataset import Catalog
 from training.experiment import RunResult
@@ -47,17 +46,17 @@ def fit_content(catalog: Catalog, item_vectors: np.ndarray, seed: int) -> Conten
 
 
 def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
-    """Export the rankers (parity-checked), build the index, and write the rest. Returns
-    (parity, index report)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Export the rankers (parity-checked), build the index, and write the rest through the version
+    contract's writer (models/version.py). Returns (parity, index report)."""
     ds = run.dataset
-    run.weights.save(str(out / "retrieval.npz"))
+    writer = version.VersionWriter(out)
+    run.weights.save(str(writer.path(version.RETRIEVAL)))
     content = fit_content(ds.catalog, run.weights.item_vectors, run.seed)
-    content.save(out / registry.CONTENT_FILE)
-    run.item_item.save(out / "item_item.npz")
+    content.save(writer.path(version.CONTENT))
+    run.item_item.save(writer.path(version.ITEM_ITEM))
     queries = run.test_candidates.features[:, : run.spec.retrieval_dim]
     report = index_report(run.weights.item_vectors, queries)
-    faiss.write_index(build_index(run.weights.item_vectors), str(out / "items.faiss"))
+    faiss.write_index(build_index(run.weights.item_vectors), str(writer.path(version.INDEX)))
     paths = export_all(run.ranker, out, run.ranker_train)
     parity = check_parity(
         paths,
@@ -68,48 +67,37 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
         ds.catalog.genres,
         run.popularity,
     )
-    (out / "ranker.json").write_text(
-        json.dumps(
-            {
-                "user_feature_dim": run.spec.user_dim,
-                "n_items": len(ds.catalog),
-                "candidates": run.test_candidates.items.shape[1],
-                "candidate_feature_dim": len(run.spec.candidate_features),
-                "diversity_penalty": run.diversity["penalty"],
-                "feature_spec": run.spec.to_json(),
-                "inputs": ["item_ids", "user_features", "candidate_ends", "candidate_features"],
-                "outputs": ["scores"],
-            },
-            indent=1,
+    writer.ranker_meta(
+        version.RankerMeta(
+            user_feature_dim=run.spec.user_dim,
+            n_items=len(ds.catalog),
+            candidate_feature_dim=len(run.spec.candidate_features),
+            feature_spec=run.spec,
+            candidates=run.test_candidates.items.shape[1],
+            diversity_penalty=float(run.diversity["penalty"]),
         )
     )
-    (out / "catalog.json").write_text(json.dumps(catalog_json(ds.catalog)))
-    np.save(out / "popularity.npy", run.popularity.astype(np.float32))
+    writer.catalog(catalog_json(ds.catalog))
+    writer.popularity(run.popularity)
     every = np.arange(len(ds.interactions))
     hist = user_item_matrix(ds.interactions, every, len(ds.catalog))
     rated = weight_matrix(ds.interactions, every, len(ds.catalog))
-    np.savez(
-        out / "histories.npz",
-        indptr=hist.indptr,
-        indices=hist.indices,
-        weights=rated.data.astype(np.float32),
-        user_ids=np.asarray(ds.interactions.user_ids),
+    writer.histories(
+        version.Histories(hist.indptr, hist.indices, rated.data, np.asarray(ds.interactions.user_ids))
     )
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "test": run.test,
-                "valid": run.valid,
-                "tuned": run.tuned,
-                "parity": parity.to_json(),
-                "index": report,
-                "diversity": run.diversity,
-                "refit": run.refit,
-                "content": content.report,
-            },
-            indent=1,
-        )
+    writer.metrics(
+        {
+            "test": run.test,
+            "valid": run.valid,
+            "tuned": run.tuned,
+            "parity": parity.to_json(),
+            "index": report,
+            "diversity": run.diversity,
+            "refit": run.refit,
+            "content": content.report,
+        }
     )
+    writer.finish()
     log.info("artifacts written to %s", out)
     return parity, report
 

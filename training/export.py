@@ -23,13 +23,13 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
-from models.registry import parity_problems
+from models.version import Precision, parity_problems, ranker_file
 from training.pipeline import Candidates, RankFn, evaluate_pipeline
 from training.protocol import Fold
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("fp32", "fp16", "int8")
+VARIANTS: tuple[Precision, ...] = ("fp32", "fp16", "int8")  # export order: fp16 and int8 derive from fp32
 BATCH_ROWS = (1, 2, 7, 64, 333, 1024)
 
 
@@ -132,7 +132,7 @@ def export_int8(fp32: Path, path: Path, calibration: Candidates) -> None:
 
 
 def export_all(ranker: Ranker, out: Path, calibration: Candidates) -> dict[str, Path]:
-    paths = {v: out / f"ranker_{v}.onnx" for v in VARIANTS}
+    paths: dict[str, Path] = {p: out / ranker_file(p) for p in VARIANTS}
     export_fp32(ranker, paths["fp32"], calibration)
     export_fp16(paths["fp32"], paths["fp16"])
     export_int8(paths["fp32"], paths["int8"], calibration)

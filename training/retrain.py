@@ -144,7 +144,7 @@ async def _served_quality(
         events = _events(holdout.train_rows[holdout.train_rows["user_id"].isin(holdout.pairs)])
         await state.append_events(events, [EVENT_WEIGHTS[e.event] for e in events])
         ranking = RankingStage(
-            served.path, triton_url=None, default_precision=settings.precision, manage_triton=False
+            served.ranker, triton_url=None, default_precision=settings.precision, manage_triton=False
         )
         await ranking.start()
         try:

@@ -55,7 +55,7 @@ async def deploy(
         raise ModelLoadError(f"{stored.tag} is not servable: {'; '.join(problems)}")
     model = await asyncio.to_thread(served_model.load, stored)
     ranking = RankingStage(
-        model.path,
+        model.ranker,
         triton_url=settings.triton_url,
         default_precision=settings.precision,
         timeout_s=settings.triton_timeout_s,

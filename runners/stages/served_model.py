@@ -1,13 +1,12 @@
 """The served model version, loaded from the BentoML model store into memory once per worker.
 
-A version (training/registry.py ARTIFACTS) holds the retrieval weights, the FAISS index, the three ONNX
+A version (models/version.py) holds the retrieval weights, the FAISS index, the three ONNX
 rankers, the catalog, popularity and the training histories. Items are addressed by their internal
 index (0..n-1, the row in every table); ``position`` maps external item ids to it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import bentoml
 import faiss
 import numpy as np
 
-from models import registry
+from models import registry, version
 from models.candidates import DEFAULT_RATING_WEIGHT, feature_names
 from models.content import ContentEncoder
 from models.features import FeatureSpec, ItemTables, genre_matrix, item_tables
@@ -46,13 +45,22 @@ class ServedModel:
     tables: ItemTables
     train_histories: dict[str, np.ndarray]  # user id -> item indices
     train_ratings: dict[str, np.ndarray]  # user id -> float32 rating weights, aligned with train_histories
-    candidates: int  # candidates per user the ranker was trained on
-    diversity_penalty: float  # models/diversity.py penalty chosen on validation
+    ranker: version.RankerFiles  # the ONNX rankers and their metadata: what the ranking stage receives
     content: ContentEncoder | None  # book records -> item vectors (new books); None: an older version
 
     @property
     def n_items(self) -> int:
         return len(self.catalog)
+
+    @property
+    def candidates(self) -> int:
+        """Candidates per user the ranker was trained on."""
+        return self.ranker.meta.candidates
+
+    @property
+    def diversity_penalty(self) -> float:
+        """The models/diversity.py penalty chosen on validation."""
+        return self.ranker.meta.diversity_penalty
 
 
 def resolve(tag: str | None) -> bentoml.Model:
@@ -72,27 +80,27 @@ def served_tag(tag: str | None) -> str:
 
 def load(model: bentoml.Model) -> ServedModel:
     path = Path(model.path)
-    missing = [a for a in registry.ARTIFACTS if not (path / a).is_file()]
-    if missing:
-        raise ModelLoadError(f"{model.tag} lacks {', '.join(missing)}")
-    catalog: list[dict[str, Any]] = json.loads((path / "catalog.json").read_text())
-    ranker = json.loads((path / "ranker.json").read_text())
-    fs = ranker["feature_spec"]
-    spec = FeatureSpec(
-        retrieval_dim=int(fs["retrieval_dim"]),
-        genres=tuple(fs["genres"]),
-        candidate_features=tuple(fs.get("candidate_features", ())),
-    )
-    weights = RetrievalWeights.load(str(path / "retrieval.npz"))
-    item_item = ItemItem.load(path / "item_item.npz")
+    if gaps := version.missing(path):
+        raise ModelLoadError(f"{model.tag} lacks {', '.join(gaps)}")
+    try:
+        ranker = version.RankerFiles.read(path)
+    except version.VersionError as exc:
+        raise ModelLoadError(f"{model.tag}: {exc}") from exc
+    meta = ranker.meta
+    if meta.feature_spec is None:
+        raise ModelLoadError(f"{model.tag}: {version.RANKER_META} lacks the feature_spec")
+    spec = meta.feature_spec
+    catalog = version.read_catalog(path)
+    weights = RetrievalWeights.load(str(path / version.RETRIEVAL))
+    item_item = ItemItem.load(path / version.ITEM_ITEM)
     item_item.prepare()  # the transposed copies the candidate scoring reads (models/item_item.py)
-    index = faiss.read_index(str(path / "items.faiss"))
-    popularity = np.load(path / "popularity.npy").astype(np.float32)
+    index = faiss.read_index(str(path / version.INDEX))
+    popularity = version.read_popularity(path)
     n = len(catalog)
-    if not (weights.item_vectors.shape[0] == index.ntotal == popularity.shape[0] == ranker["n_items"] == n):
+    if not (weights.item_vectors.shape[0] == index.ntotal == popularity.shape[0] == meta.n_items == n):
         raise ModelLoadError(
             f"{model.tag}: item counts disagree (catalog {n}, vectors {weights.item_vectors.shape[0]}, "
-            f"index {index.ntotal}, popularity {popularity.shape[0]}, ranker {ranker['n_items']})"
+            f"index {index.ntotal}, popularity {popularity.shape[0]}, ranker {meta.n_items})"
         )
     if weights.dim != spec.retrieval_dim:
         raise ModelLoadError(f"{model.tag}: retrieval dim {weights.dim} != ranker's {spec.retrieval_dim}")
@@ -104,26 +112,19 @@ def load(model: bentoml.Model) -> ServedModel:
             f"item-item sources give {list(feature_names(item_item))}"
         )
     content = None
-    if (path / registry.CONTENT_FILE).is_file():
+    if (path / version.CONTENT).is_file():
         try:
-            content = ContentEncoder.load(path / registry.CONTENT_FILE)
+            content = ContentEncoder.load(path / version.CONTENT)
         except ValueError as exc:
             raise ModelLoadError(f"{model.tag}: {exc}") from exc
         if content.dim != weights.dim:
             raise ModelLoadError(
                 f"{model.tag}: content encoder dim {content.dim} != retrieval's {weights.dim}"
             )
-    penalty = float(ranker.get("diversity_penalty", 0.0))
-    if not 0.0 <= penalty <= 100.0:  # NaN fails too
-        raise ModelLoadError(f"{model.tag}: diversity_penalty {penalty!r} outside [0, 100]")
     years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], dtype=np.float32)
     genres = genre_matrix([tuple(c["genres"]) for c in catalog], spec.genres)
     tables = item_tables(popularity, years, genres)
-    with np.load(path / "histories.npz") as h:
-        indptr, indices, users = h["indptr"], h["indices"], h["user_ids"]
-        rated = h["weights"] if "weights" in h.files else np.full(indices.size, DEFAULT_RATING_WEIGHT)
-    histories = {str(u): indices[indptr[r] : indptr[r + 1]].astype(np.int64) for r, u in enumerate(users)}
-    ratings = {str(u): rated[indptr[r] : indptr[r + 1]].astype(np.float32) for r, u in enumerate(users)}
+    histories, ratings = version.read_histories(path).by_user(DEFAULT_RATING_WEIGHT)
     return ServedModel(
         tag=str(model.tag),
         path=path,
@@ -141,7 +142,6 @@ def load(model: bentoml.Model) -> ServedModel:
         tables=tables,
         train_histories=histories,
         train_ratings=ratings,
-        candidates=int(ranker.get("candidates", 200)),
-        diversity_penalty=penalty,
+        ranker=ranker,
         content=content,
     )

@@ -35,53 +35,21 @@ candidate_features [1, n*F] float32, and get scores [1, n] float32, identical fo
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-VARIANTS = ("int8", "fp16", "fp32")
+from models.version import PRECISIONS, Precision, RankerFiles, RankerMeta
+
+VARIANTS = PRECISIONS  # one Triton model per ranker precision
 TARGETS = ("cpu", "gpu")
 MODEL_PY = Path(__file__).resolve().parent / "backend_model.py"
 VERSION = "1"
 _TRT_PRECISION = {"int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
 
 
-@dataclass(frozen=True)
-class RankerMeta:
-    user_feature_dim: int  # D
-    n_items: int
-    candidate_feature_dim: int  # F, floats per candidate in `candidate_features`
-
-    @classmethod
-    def load(cls, model_dir: Path) -> RankerMeta:
-        path = model_dir / "ranker.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: the stored model lacks the ranker metadata")
-        meta = json.loads(path.read_text())
-        try:
-            dim, n_items = int(meta["user_feature_dim"]), int(meta["n_items"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path} must hold integer user_feature_dim and n_items: {exc}") from exc
-        if dim <= 0 or n_items <= 0:
-            raise ValueError(f"{path}: user_feature_dim and n_items must be positive, got {dim}, {n_items}")
-        f = meta.get("candidate_feature_dim")
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
-            raise ValueError(
-                f"{path}: candidate_feature_dim must be an integer >= 1 (floats per candidate in the "
-                f"ranker's candidate_features input), got {f!r}; a version exported before that input "
-                "existed has none: re-export it"
-            )
-        names = (meta.get("feature_spec") or {}).get("candidate_features")
-        if names is not None and len(names) != f:
-            raise ValueError(
-                f"{path}: candidate_feature_dim {f} but feature_spec.candidate_features lists {len(names)}"
-            )
-        return cls(user_feature_dim=dim, n_items=n_items, candidate_feature_dim=f)
-
-
-def model_name(variant: str) -> str:
-    return f"ranker_{variant}"
+def model_name(precision: Precision) -> str:
+    """The Triton model serving the ranker at ``precision`` (one per precision in the repository)."""
+    return f"ranker_{precision}"
 
 
 def _block(lines: list[str], indent: str = "  ") -> str:
@@ -273,8 +241,9 @@ def render_triton(
     `max_candidates` (per request) only sizes the TensorRT optimization profile of the gpu target.
     """
     model_dir, out = Path(model_dir), Path(out)
-    meta = RankerMeta.load(model_dir)
-    sources = {variant: model_dir / f"{model_name(variant)}.onnx" for variant in VARIANTS}
+    ranker = RankerFiles.read(model_dir)
+    meta = ranker.meta
+    sources = {variant: ranker.onnx(variant) for variant in VARIANTS}
     missing = [str(p) for p in sources.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"stored model is missing ranker variants: {', '.join(missing)}")

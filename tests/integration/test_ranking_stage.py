@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.version import RankerFiles
 from runners.stages.ranking import PRECISIONS, RankingStage, RankResult
 from tests.unit.test_ranking import reference
 
@@ -61,7 +62,9 @@ def test_embedded_triton_scores_match_onnxruntime(
 
     async def main() -> tuple[list[tuple[str, int, RankResult]], dict[str, object], bool]:
         # generous timeout: the first call of each model warms up the Python backend
-        stage = RankingStage(ranker_model_dir, triton_url=None, timeout_s=10.0, work_dir=tmp_path / "work")
+        stage = RankingStage(
+            RankerFiles.read(ranker_model_dir), triton_url=None, timeout_s=10.0, work_dir=tmp_path / "work"
+        )
         await stage.start()
         try:
             state, ready = stage.state(), await stage.triton_ready()
@@ -98,7 +101,7 @@ def test_killed_triton_falls_back_then_watchdog_restores_it(
 
     async def main() -> dict:
         stage = RankingStage(
-            ranker_model_dir,
+            RankerFiles.read(ranker_model_dir),
             triton_url=None,
             timeout_s=5.0,
             breaker_failures=2,

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from models.version import RankerFiles
 from runners.stages.ranking import PRECISIONS, CircuitBreaker, RankingStage, RankResult
 from runners.triton.server import free_port
 
@@ -138,7 +139,7 @@ def test_unreachable_triton_falls_back_to_onnxruntime(artifacts_dir: Path, reque
 
     async def main() -> tuple[list[RankResult], RankingStage, bool]:
         stage = RankingStage(
-            artifacts_dir,
+            RankerFiles.read(artifacts_dir),
             triton_url=f"127.0.0.1:{free_port()}",
             manage_triton=False,
             breaker_failures=2,
@@ -180,7 +181,9 @@ def test_silent_triton_times_out_within_timeout_s(artifacts_dir: Path, request_d
         url = f"127.0.0.1:{listener.getsockname()[1]}"
 
         async def main() -> tuple[RankResult, float, RankingStage]:
-            stage = RankingStage(artifacts_dir, triton_url=url, timeout_s=0.3, manage_triton=False)
+            stage = RankingStage(
+                RankerFiles.read(artifacts_dir), triton_url=url, timeout_s=0.3, manage_triton=False
+            )
             await stage.start()
             try:
                 started = time.monotonic()
@@ -203,8 +206,10 @@ def test_onnxruntime_failure_falls_back_to_popularity(artifacts_dir: Path, reque
             raise RuntimeError("broken session")
 
     async def main() -> tuple[RankResult, RankResult, RankingStage]:
-        stage = RankingStage(artifacts_dir, triton_url=None, manage_triton=False, default_precision="fp16")
-        stage._sessions["fp16"] = Broken()
+        stage = RankingStage(
+            RankerFiles.read(artifacts_dir), triton_url=None, manage_triton=False, default_precision="fp16"
+        )
+        stage.scorer.sessions["fp16"] = Broken()
         await stage.start()
         try:
             return await stage.rank(ids, user, feats), await stage.rank(ids, user, feats, "fp32"), stage
@@ -223,10 +228,14 @@ def test_bad_input_raises_value_error_without_calling_anything(
 ) -> None:
     ids, user, feats = request_data
     with pytest.raises(ValueError, match="precision"):
-        RankingStage(artifacts_dir, triton_url=None, manage_triton=False, default_precision="bf16")
+        RankingStage(
+            RankerFiles.read(artifacts_dir), triton_url=None, manage_triton=False, default_precision="bf16"
+        )
 
     async def main() -> RankingStage:
-        stage = RankingStage(artifacts_dir, triton_url=f"127.0.0.1:{free_port()}", manage_triton=False)
+        stage = RankingStage(
+            RankerFiles.read(artifacts_dir), triton_url=f"127.0.0.1:{free_port()}", manage_triton=False
+        )
         await stage.start()
         try:
             with pytest.raises(ValueError, match="precision must be one of"):
@@ -254,7 +263,9 @@ def test_empty_candidates_need_no_call(artifacts_dir: Path, request_data: Reques
     _, user, feats = request_data
 
     async def main() -> tuple[RankResult, RankingStage]:
-        stage = RankingStage(artifacts_dir, triton_url=f"127.0.0.1:{free_port()}", manage_triton=False)
+        stage = RankingStage(
+            RankerFiles.read(artifacts_dir), triton_url=f"127.0.0.1:{free_port()}", manage_triton=False
+        )
         await stage.start()
         try:
             return await stage.rank(np.array([], dtype=np.int64), user, feats[:0], "fp32"), stage

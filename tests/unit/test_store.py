@@ -2,7 +2,7 @@
 
 import pytest
 
-from models import registry
+from models import registry, version
 from runners.triton.repository import render_triton
 
 
@@ -21,7 +21,7 @@ def test_saved_version_holds_every_artifact(three_versions):
     from pathlib import Path
 
     model = registry.get(three_versions[0])
-    assert all((Path(model.path) / a).is_file() for a in registry.ARTIFACTS)
+    assert all((Path(model.path) / a).is_file() for a in version.ARTIFACTS)
     assert model.info.labels["stage"] == "candidate" and model.info.metadata["n"] == 0
 
 

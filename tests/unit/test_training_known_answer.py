@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from models.registry import ARTIFACTS
+from models.version import ARTIFACTS
 from models.retrieval import RetrievalWeights
 from tests.conftest import TINY
 from training.experiment import RunResult

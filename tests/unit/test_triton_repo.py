@@ -217,7 +217,7 @@ def test_candidate_feature_dim_is_required_and_checked(model_dir: Path, tmp_path
 
 def test_committed_configs_are_rendered_from_the_contract() -> None:
     """model_repository/*/config.pbtxt are render_config's output (ML-100K dims, default settings)."""
-    repo = MODEL_PY.parent.parent / "model_repository"
+    repo = Path(__file__).resolve().parents[2] / "model_repository"
     meta = RankerMeta(user_feature_dim=221, n_items=1682, candidate_feature_dim=21)
     for v in VARIANTS:
         assert (repo / f"ranker_{v}" / "config.pbtxt").read_text() == render_config(v, meta), v
