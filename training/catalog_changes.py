@@ -23,7 +23,7 @@ import numpy as np
 
 from runners.platform.settings import load_settings
 from runners.state.catalog import CatalogState, LocalCatalog, open_catalog
-from runners.state.store import RedisState
+from runners.state.redis_state import RedisState
 from training.dataset import Catalog, Dataset
 
 log = logging.getLogger(__name__)

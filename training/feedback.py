@@ -45,7 +45,7 @@ import pandas as pd
 
 from models.candidates import POSITIVE_RATING, event_rating
 from runners.state.feedback_log import FeedbackLog, LogRecord, Position
-from runners.state.store import fsync_dir, write_synced
+from runners.state.journal import fsync_dir, write_synced
 from training.dataset import Dataset, Interactions
 from training.loaders import _numbers, _read_csv, _require
 

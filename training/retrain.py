@@ -46,7 +46,8 @@ from runners.stages import served_model
 from runners.stages.pipeline import EVENT_WEIGHTS, Recommender
 from runners.stages.ranking import RankingStage
 from runners.state.catalog import CatalogState
-from runners.state.store import Event, LocalState
+from runners.state.local import LocalState
+from runners.state.protocol import Event
 from training.dataset import Dataset
 from training.feedback import apply_feedback
 from training.metrics import user_ndcg

@@ -37,7 +37,7 @@ from typing import Any
 
 from runners.platform.metrics import AUTH_FAILURES, BODY_REFUSALS, RATE_LIMITED, STATE_ERRORS
 from runners.platform.settings import Settings
-from runners.state.store import StateStore, StateUnavailable
+from runners.state.protocol import StateStore, StateUnavailable
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/docs.json", "/"})
 OPEN_PREFIXES = ("/static_content/",)  # the Swagger page's scripts and styles

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runners.platform.settings import PRECISIONS
 from runners.state import catalog
-from runners.state.store import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
+from runners.state.protocol import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
 
 # ASCII classes, not \w: JSON Schema's \w (ECMA) is ASCII while Python's and pydantic's are Unicode, so
 # a document with \w would not say what the server accepts (the fuzz suite found "eÕ" accepted).

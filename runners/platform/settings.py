@@ -116,7 +116,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _decay_stays_finite(self) -> Settings:
-        # a trending score is at most 2**(skew / half-life) times its weight (runners/state/store.py)
+        # a trending score is at most 2**(skew / half-life) times its weight (runners/state/protocol.py)
         if self.feedback_max_skew_s / self.trending_half_life_s > 64:
             raise ValueError("FOLIO_FEEDBACK_MAX_SKEW_S must be at most 64 x FOLIO_TRENDING_HALF_LIFE_S")
         return self

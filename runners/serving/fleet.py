@@ -47,7 +47,7 @@ from runners.serving.variants import PRODUCTION, Assigner, Variant, VariantConfi
 from runners.stages import served_model
 from runners.stages.pipeline import CachedResult, UnknownItem
 from runners.state.catalog import CatalogChange, CatalogLog, CatalogState
-from runners.state.store import StateStore, StateUnavailable
+from runners.state.protocol import StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 AGE_REPORT_S = 5.0  # how often folio_model_age_seconds is refreshed

@@ -29,7 +29,7 @@ from runners.stages import served_model
 from runners.stages.pipeline import Recommender
 from runners.stages.ranking import RankingStage
 from runners.stages.served_model import ModelLoadError, ServedModel
-from runners.state.store import StateStore
+from runners.state.protocol import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 from runners.platform.metrics import CACHE, STATE_ERRORS
-from runners.state.store import StateStore, StateUnavailable
+from runners.state.protocol import StateStore, StateUnavailable
 
 
 class TTLCache:

@@ -30,7 +30,7 @@ from runners.stages.ranking import RankingStage
 from runners.stages.retrieval import Candidates, RetrievalStage
 from runners.stages.served_model import ServedModel
 from runners.state.catalog import Book, CatalogState, CatalogView
-from runners.state.store import Event, StateStore, StateUnavailable
+from runners.state.protocol import Event, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 

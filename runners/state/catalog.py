@@ -13,8 +13,8 @@ every worker and replica sees the same one (each polls the revision: serving/fle
 the model, so it survives restarts and promotions; the next training run reads the log
 (``changes``) and applies it to its dataset.
 
-Two backends of one interface, as in runners/state/store.py: ``LocalCatalog`` (in-process, with an fsynced
-JSON-lines journal next to the state store's) and ``RedisCatalog``:
+Two backends of one interface, as in the state store (runners/state/protocol.py): ``LocalCatalog``
+(in-process, with an fsynced JSON-lines journal next to the state store's) and ``RedisCatalog``:
     catalog:rev       the revision (INCR)
     catalog:books     hash item id -> Book JSON
     catalog:withdrawn set of item ids
@@ -39,7 +39,9 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import redis.asyncio as aioredis
 
-from runners.state.store import MAX_ID_CHARS, TS_MAX, JournalFile, read_journal, redis_errors
+from runners.state.journal import JournalFile, read_journal
+from runners.state.protocol import MAX_ID_CHARS, TS_MAX
+from runners.state.redis_state import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +341,7 @@ class RedisCatalog:
 
 def open_catalog(state: object, journal_path: Path) -> CatalogLog:
     """The catalog log next to a state store: in its Redis, or a journal beside its local one."""
-    from runners.state.store import RedisState
+    from runners.state.redis_state import RedisState
 
     if isinstance(state, RedisState):
         return RedisCatalog(state.client, state.url, state.prefix)

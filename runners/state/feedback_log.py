@@ -1,10 +1,10 @@
 """The feedback log, read in order from a position on: what `training/feedback.py` exports.
 
 Both state stores keep one ordered log of acknowledged feedback events and forget tombstones
-(runners/state/store.py): Redis's ``feedback`` stream (entry ids ``<ms>-<seq>``; field "e" = Event JSON, "f" =
-a forgotten user's keyed hash) and the local journal (``"ev"`` and ``"forget"`` lines numbered by
-``"n"``; lines written before numbering read as n = 0). A position is a pair of ints that grows along
-the log: (ms, seq) of a stream id, (n, 0) of a journal line.
+(runners/state/local.py, redis_state.py): Redis's ``feedback`` stream (entry ids ``<ms>-<seq>``;
+field "e" = Event JSON, "f" = a forgotten user's keyed hash) and the local journal (``"ev"`` and
+``"forget"`` lines numbered by ``"n"``; lines written before numbering read as n = 0). A position is a
+pair of ints that grows along the log: (ms, seq) of a stream id, (n, 0) of a journal line.
 
 Reading changes nothing in the store: it never truncates or compacts the journal a running service
 appends to (only complete lines are read), and it reads up to where the log ended when the read began.
@@ -23,7 +23,9 @@ from typing import Any, Protocol, cast
 import redis
 
 from runners.platform.settings import Settings
-from runners.state.store import Event, journal_seq, keyed_user_hash, local_hash_key, redact_url
+from runners.state.journal import journal_seq, local_hash_key
+from runners.state.protocol import Event, keyed_user_hash
+from runners.state.redis_state import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from models import registry
 from runners.platform.settings import Settings
 from runners.serving.lifecycle import deploy
 from runners.stages.served_model import ModelLoadError
-from runners.state.store import LocalState
+from runners.state.local import LocalState
 from runners.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from runners.state.store import Event, RedisState
+from runners.state.protocol import Event
+from runners.state.redis_state import RedisState
 from tests.redis_server import RedisServer
 from training.feedback import exported_files
 

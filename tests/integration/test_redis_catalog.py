@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runners.state.catalog import CatalogChange, CatalogLog, RedisCatalog, open_catalog
-from runners.state.store import RedisState, StateUnavailable
+from runners.state.protocol import StateUnavailable
+from runners.state.redis_state import RedisState
 from tests.redis_server import RedisServer
 from tests.unit.test_catalog import DUNE, Backend, CatalogContract
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from runners.state.store import RedisState, StateStore, StateUnavailable
+from runners.state.protocol import StateStore, StateUnavailable
+from runners.state.redis_state import RedisState
 from tests.redis_server import RedisServer, dump_all, free_port
 from tests.unit.test_store_local import ALICE, BOB, T0, Backend, StoreContract, ev
 

@@ -15,7 +15,8 @@ import pytest
 
 from models.candidates import EVENT_RATINGS, POSITIVE_RATING, event_rating, rating_weight
 from runners.state.feedback_log import JournalLog
-from runners.state.store import Event, LocalState
+from runners.state.local import LocalState
+from runners.state.protocol import Event
 from training import feedback
 from training.dataset import Catalog, Dataset, Interactions
 from training.feedback import ExportBusy, apply_feedback, export_feedback, exported_files, read_feedback

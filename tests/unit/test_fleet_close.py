@@ -11,7 +11,7 @@ from runners.platform.settings import Settings
 from runners.serving.fleet import Fleet
 from runners.serving.lifecycle import retire
 from runners.state.catalog import LocalCatalog
-from runners.state.store import LocalState
+from runners.state.local import LocalState
 
 
 class FakeRanking:  # stands in for RankingStage: only close() is used by retire()

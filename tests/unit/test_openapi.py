@@ -27,7 +27,7 @@ from runners.platform import bentoml_patch
 from runners.platform.settings import Settings, hash_key, load_settings
 from runners.stages.pipeline import InvalidEvent
 from runners.stages.pipeline import Recommender as Pipeline
-from runners.state.store import TS_MAX
+from runners.state.protocol import TS_MAX
 from tests.openapi_doc import resolved
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""runners/state/store.py: the StateStore contract (shared with test_redis_store.py) + LocalState.
+"""runners/state/: the StateStore contract (shared with test_redis_store.py) + LocalState.
 
 `StoreContract` holds the behaviour every implementation must show; a subclass provides the `backend`
 fixture (how to build a store, and how to dump everything it holds as bytes for the forget checks).
@@ -16,16 +16,16 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
-from runners.state.store import (
+from runners.state.backends import open_state
+from runners.state.local import LocalState
+from runners.state.protocol import (
     EPOCH,
     TS_MAX,
     Event,
-    LocalState,
     StateStore,
     StateUnavailable,
     keyed_user_hash,
     legacy_user_hash,
-    open_state,
 )
 
 T = TypeVar("T")

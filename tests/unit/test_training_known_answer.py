@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from models.version import ARTIFACTS
 from models.retrieval import RetrievalWeights
+from models.version import ARTIFACTS
 from tests.conftest import TINY
 from training.experiment import RunResult
 from training.export import ParityError, check_parity, ranker_inputs, session

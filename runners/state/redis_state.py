@@ -1,0 +1,271 @@
+"""The Redis backend of the state store (runners/state/protocol.py), shared by every worker.
+
+Redis keys (all under `prefix`, default "folio:"):
+    hist:<user>   list of Event JSON, oldest first, LTRIMmed to the newest `max_history`
+    gen:<user>    cache generation; SETNX to a time-derived base (microseconds) then INCR, so it is never
+                  reused for a user even after forget deleted it (`generation()`: 0 = unknown user,
+                  -1 = forgotten and nothing written since)
+    cache:<user>  hash field -> {"v": value, "exp": unix time}; at most `cache_fields` fields; EXPIRE
+                  refreshed on put; expired fields are ignored
+    fids:<user>   list of the user's entry ids in `feedback` (so forget can XDEL them)
+    rl:<bucket>   hash tokens/ts of a token bucket (atomic Lua); PEXPIREs when the bucket would be full again
+    trendlog:<hl> zset item -> log2 of the sum of w * 2**((ts - EPOCH) / hl); one key per half-life hl
+    feedback      stream, field "e" = Event JSON, XADD MAXLEN ~ stream_maxlen; a forget adds a tombstone
+                  entry, field "f" = the user's keyed hash (the feedback export reads both, in order)
+    forgotten:k   set of keyed hashes (HMAC-SHA256) of forgotten user ids (never the raw id)
+    purge         set of `purge:<nonce>` lists of stream ids still to XDEL (a forget in progress)
+    shared:<name> small values every worker reads (e.g. the version /admin/reload asked for)
+    hashkey       the HMAC key, when FOLIO_USER_HASH_KEY is not set (generated once, shared by workers)
+
+RedisState raises `StateUnavailable` for every Redis error; it connects lazily (use `RedisState.connect` to
+fail fast at start-up). Its connection pool blocks for a free connection (up to the socket timeout)
+instead of failing at once when all are busy.
+
+
+The Lua scripts it runs atomically are files in runners/state/lua/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from runners.state.protocol import (
+    Event,
+    StateUnavailable,
+    check_bucket,
+    check_events,
+    decayed,
+    generation_base,
+    keyed_user_hash,
+    log2_weight,
+)
+
+log = logging.getLogger(__name__)
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+def lua_script(name: str) -> str:
+    return (LUA_DIR / f"{name}.lua").read_text()
+
+
+@contextlib.contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Every Redis (or socket) error inside, as StateUnavailable naming the (redacted) URL."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StateUnavailable(f"redis at {url}: {type(exc).__name__}: {exc}") from exc
+
+
+def redact_url(url: str) -> str:
+    p = urlsplit(url)
+    if p.password is None:
+        return url
+    netloc = f"{p.username or ''}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
+    return urlunsplit(p._replace(netloc=netloc))
+
+
+class RedisState:
+    """Shared state in Redis (`redis.asyncio`), lazily connected; every Redis error -> StateUnavailable."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "folio:",
+        max_history: int = 500,
+        half_life_s: float = 86400.0,
+        stream_maxlen: int = 1_000_000,
+        socket_timeout_s: float = 0.5,
+        cache_fields: int = 32,
+        max_connections: int = 200,
+        hash_key: bytes | None = None,
+    ) -> None:
+        self.url, self.prefix = redact_url(url), prefix
+        self.max_history, self.half_life_s, self.stream_maxlen = max_history, half_life_s, stream_maxlen
+        self.socket_timeout_s, self.cache_fields = socket_timeout_s, cache_fields
+        self._key = hash_key
+        # per half-life: sums made with another one cannot be rescaled (a changed setting starts afresh)
+        self._trend_key = self._k("trendlog", f"{half_life_s:g}")
+        # One immediate retry on ConnectionError only: it reopens a pooled connection that went stale when
+        # Redis restarted. Timeouts are not retried (a retried MULTI/EXEC whose reply was late would apply
+        # twice; only a connection cut between EXEC and its reply still can), so a slow or unreachable
+        # Redis fails within about 2 * socket_timeout_s. The pool waits (up to the socket timeout) for a
+        # free connection: a busy Redis is not a down Redis.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            decode_responses=True,
+        )
+        self._r = aioredis.Redis.from_pool(pool)  # closes the pool with the client
+        self._append = self._r.register_script(lua_script("append"))
+        self._tokens = self._r.register_script(lua_script("tokens"))
+        self._cache_put = self._r.register_script(lua_script("cache_put"))
+        self._forget = self._r.register_script(lua_script("forget"))
+        self._purge_chunk = self._r.register_script(lua_script("purge_chunk"))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool's client, for other stores sharing this Redis (runners/state/catalog.py)."""
+        return self._r
+
+    @classmethod
+    async def connect(cls, url: str, **kw: Any) -> RedisState:
+        state = cls(url, **kw)
+        if not await state.ping():
+            await state.close()
+            raise StateUnavailable(f"redis at {state.url} did not answer PING in {state.socket_timeout_s}s")
+        return state
+
+    def _k(self, kind: str, name: str = "") -> str:
+        return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self.url)
+
+    async def user_key(self, user_id: str) -> str:
+        if self._key is None:  # shared by every worker: made once by whoever comes first
+            with self._guard():
+                await self._r.set(self._k("hashkey"), secrets.token_hex(32), nx=True)
+                self._key = str(await self._r.get(self._k("hashkey"))).encode()
+        return keyed_user_hash(self._key, user_id)
+
+    async def append_events(self, events: Sequence[Event], weights: Sequence[float]) -> None:
+        check_events(events, weights)
+        if not events:
+            return
+        users = list(dict.fromkeys(e.user_id for e in events))
+        keys = {u: await self.user_key(u) for u in users}
+        rows = [
+            (e.to_json(), repr(log2_weight(float(w), e.ts, self.half_life_s)))
+            for e, w in zip(events, weights, strict=True)
+        ]
+        with self._guard():
+            async with self._r.pipeline(transaction=True) as p:
+                for e, (js, x) in zip(events, rows, strict=True):
+                    p.rpush(self._k("hist", e.user_id), js)
+                    script_keys = [self._k("feedback"), self._k("fids", e.user_id), self._trend_key]
+                    await self._append(
+                        keys=script_keys, args=[self.stream_maxlen, js, e.item_id, x], client=p
+                    )
+                base = generation_base()
+                for u in users:
+                    p.ltrim(self._k("hist", u), -self.max_history, -1)
+                    p.setnx(self._k("gen", u), base)
+                    p.incr(self._k("gen", u))
+                    p.delete(self._k("cache", u))
+                    p.srem(self._k("forgotten", "k"), keys[u])
+                await p.execute()
+
+    async def history(self, user_id: str) -> list[Event]:
+        with self._guard():
+            rows = await self._r.lrange(self._k("hist", user_id), 0, -1)
+        return [Event.from_json(r) for r in rows]
+
+    async def generation(self, user_id: str) -> int:
+        key = await self.user_key(user_id)
+        with self._guard():
+            async with self._r.pipeline(transaction=False) as p:
+                p.get(self._k("gen", user_id))
+                p.sismember(self._k("forgotten", "k"), key)
+                g, forgotten = await p.execute()
+        if g is None:
+            return -1 if forgotten else 0
+        return int(g)
+
+    async def cache_get(self, user_id: str, field: str) -> str | None:
+        with self._guard():
+            raw = await self._r.hget(self._k("cache", user_id), field)
+        if raw is None:
+            return None
+        rec = json.loads(raw)
+        return str(rec["v"]) if float(rec["exp"]) > time.time() else None
+
+    async def cache_put(self, user_id: str, field: str, value: str, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        record = json.dumps({"v": value, "exp": time.time() + ttl_s})
+        args: list[str | int] = [field, record, self.cache_fields, math.ceil(ttl_s * 1000)]
+        with self._guard():  # bounded per user: fields of older generations expire with the key
+            await self._cache_put(keys=[self._k("cache", user_id)], args=args)
+
+    async def trending(self, now: float | None = None, top: int | None = None) -> dict[str, float]:
+        now = time.time() if now is None else now
+        with self._guard():
+            rows = await self._r.zrevrange(
+                self._trend_key, 0, -1 if top is None else top - 1, withscores=True
+            )
+        scored = cast(list[tuple[str, float]], rows)
+        return {str(item): decayed(float(x), now, self.half_life_s) for item, x in scored}
+
+    async def take_tokens(
+        self, costs: Mapping[str, int], rate_per_s: float, burst: int, now: float | None = None
+    ) -> float:
+        check_bucket(costs, rate_per_s, burst)
+        args: list[str | int] = [repr(float(rate_per_s)), burst, "" if now is None else repr(float(now))]
+        with self._guard():
+            keys = [self._k("rl", b) for b in costs]
+            return float(await self._tokens(keys=keys, args=[*args, *costs.values()]))
+
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int, now: float | None = None) -> float:
+        return await self.take_tokens({bucket: 1}, rate_per_s, burst, now)
+
+    async def forget(self, user_id: str) -> None:
+        key = await self.user_key(user_id)
+        purge_list = self._k("purge", uuid.uuid4().hex)
+        keys = [self._k(k, user_id) for k in ("fids", "hist", "gen", "cache")]
+        keys += [self._k("rl", f"user:{user_id}"), self._k("forgotten", "k"), self._k("purge"), purge_list]
+        keys.append(self._k("feedback"))
+        with self._guard():
+            await self._forget(keys=keys, args=[key, self.stream_maxlen])
+            # this forget's entries, then any a crashed forget left behind
+            for pending in [purge_list, *await self._r.smembers(self._k("purge"))]:
+                while await self._purge_chunk(keys=[pending, self._k("feedback"), self._k("purge")]):
+                    pass
+
+    async def is_forgotten(self, user_id: str) -> bool:
+        key = await self.user_key(user_id)
+        with self._guard():
+            return bool(await self._r.sismember(self._k("forgotten", "k"), key))
+
+    async def get_shared(self, name: str) -> str | None:
+        with self._guard():
+            value = await self._r.get(self._k("shared", name))
+        return None if value is None else str(value)
+
+    async def set_shared(self, name: str, value: str) -> None:
+        with self._guard():
+            await self._r.set(self._k("shared", name), value)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._r.ping(), timeout=self.socket_timeout_s))
+        except (TimeoutError, RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._r.aclose()
