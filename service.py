@@ -19,7 +19,8 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from models import registry
-from runners.http.guard import REQUEST_ID, GuardMiddleware, Runtime, configure_logging
+from runners.http.guard import GuardMiddleware, Runtime
+from runners.http.logs import REQUEST_ID, configure_logging
 from runners.http.schemas import (
     CatalogBooks,
     CatalogItems,
