@@ -41,18 +41,18 @@ from runners.http.schemas import (
 )
 from runners.platform import bentoml_patch
 from runners.platform.bento_image import bento_image
+from runners.platform.drain import Drain
 from runners.platform.settings import load_settings
 from runners.platform.threads import limit_numeric_threads
 from runners.serving.fleet import Fleet, UnknownVariant, primary_tag
-from runners.serving.lifecycle import Drain
 from runners.stages.pipeline import InvalidEvent, UnknownItem, WithdrawnItem
 from runners.stages.pipeline import Recommender as Pipeline
 from runners.stages.served_model import ModelLoadError
+from runners.state.backends import open_state
 from runners.state.catalog import Book, CatalogChange, CatalogState, open_catalog
-from runners.state.store import StateUnavailable, open_state
+from runners.state.protocol import StateUnavailable
 
 log = logging.getLogger("runners.service")
-bentoml_patch.install()  # before BentoML builds the app: see the module
 RUNTIME = Runtime()
 
 
@@ -67,6 +67,7 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
     image=bento_image(Path(__file__).with_name("pyproject.toml")),
     traffic={"timeout": 30},
     workers=load_settings().workers,
+    service_class=bentoml_patch.PatchedService,  # the BentoML fixes, installed as the worker builds the app
 )
 class Recommender:
     # At class scope so `bentoml build` packs the served version (the first A/B variant's; by default

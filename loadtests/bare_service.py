@@ -7,10 +7,8 @@ import bentoml
 
 from runners.platform import bentoml_patch
 
-bentoml_patch.install()
 
-
-@bentoml.service(name="bare", traffic={"timeout": 30})
+@bentoml.service(name="bare", traffic={"timeout": 30}, service_class=bentoml_patch.PatchedService)
 class Bare:
     @bentoml.api
     async def ping(self) -> dict[str, str]:

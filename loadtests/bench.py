@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import shlex
 import subprocess
 import time
@@ -31,7 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtests.servers import ROOT
+from loadtests.harness import report
+from runners.platform.processes import ROOT
 
 SCENARIOS = {
     "ceiling": ("loadtests.ceiling_bench", "1. The ceiling: bare BentoML endpoint vs /recommend"),
@@ -48,22 +47,15 @@ QUICK = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
+    """The machine, the commit the run measures and when."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     # "-dirty": run with uncommitted changes outside docs/ (the reports), so no commit holds that code
     status = ["git", "status", "--porcelain", "--", ".", ":(exclude)docs"]
     changes = subprocess.run(status, cwd=ROOT, capture_output=True, text=True)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "commit": commit.stdout.strip() + ("-dirty" if changes.stdout.strip() else ""),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    return report.machine(
+        commit=commit.stdout.strip() + ("-dirty" if changes.stdout.strip() else ""),
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def kept_runs(summary_path: Path) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ Each server is started here (`bentoml serve`, one worker, loopback), warmed up, 
 * hit: Folio with the cache on, a few users asked again and again.
 
 Saturation: Locust, closed loop, ``--users`` users with no think time; RPS and latency percentiles.
-Fixed load: open loop (loadtests/openloop.py: requests leave on schedule, latency from the due time),
+Fixed load: open loop (loadtests/harness/openloop.py: requests leave on schedule, latency from the due time),
 miss at 100 RPS and hit at 300 RPS for ``--fixed-seconds``, and a sweep of offered loads for the
 latency-vs-RPS plot. The generators share the 2 cores with the server: the ratios (measured side by
 side) are the figures to compare, not the absolute RPS.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import subprocess
@@ -31,9 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtests.openloop import open_loop
+from loadtests.harness.openloop import open_loop
+from loadtests.harness.report import figure, save, table
 from loadtests.population import HIT_USERS, population
-from loadtests.servers import ROOT, ServedFolio
+from runners.platform.processes import ROOT, ServedFolio
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -94,25 +94,20 @@ def measure(target: str, env: dict[str, str], user_class: str, args: argparse.Na
 
 def markdown(r: dict) -> str:
     bare, miss, hit = (r[k]["saturation"] for k in ("bare", "miss", "hit"))
-    lines = [
-        "| server | RPS at saturation | ratio to bare | p50 ms | p95 ms | p99 ms | failures |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, s in (
-        ("bare BentoML endpoint", bare),
-        ("/recommend cache miss", miss),
-        ("/recommend cache hit", hit),
-    ):
-        ratio = s["rps"] / bare["rps"]
-        lines.append(
-            f"| {name} | {s['rps']:.0f} | {ratio:.2f} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
-            f"{s['p99_ms']:.0f} | {s['failures']} |"
-        )
+    servers = [("bare BentoML endpoint", bare), ("/recommend cache miss", miss)]
+    servers.append(("/recommend cache hit", hit))
+    header = ["server", "RPS at saturation", "ratio to bare", "p50 ms", "p95 ms", "p99 ms", "failures"]
+    rows = [
+        [name, f"{s['rps']:.0f}", f"{s['rps'] / bare['rps']:.2f}", f"{s['p50_ms']:.0f}", f"{s['p95_ms']:.0f}",
+         f"{s['p99_ms']:.0f}", s["failures"]]
+        for name, s in servers
+    ]  # fmt: skip
+    lines = table(header, rows)
     fm, fh = r["miss"]["fixed"], r["hit"]["fixed"]
     lines += [
         "",
-        "Fixed load (open loop, loadtests/openloop.py: latency from each request's due time): cache miss "
-        f"at {fm['offered_rps']:.0f} RPS for {fm['seconds']:.0f} s: p50 {fm['p50_ms']:.1f} / p99 "
+        "Fixed load (open loop, loadtests/harness/openloop.py: latency from each request's due time): "
+        f"cache miss at {fm['offered_rps']:.0f} RPS for {fm['seconds']:.0f} s: p50 {fm['p50_ms']:.1f} / p99 "
         f"{fm['p99_ms']:.1f} ms, {fm['errors']} errors of {fm['requests']} (target p99 <= 50 ms, 0 errors); "
         f"cache hit at {fh['offered_rps']:.0f} RPS for {fh['seconds']:.0f} s: p50 {fh['p50_ms']:.1f} / p99 "
         f"{fh['p99_ms']:.1f} ms, {fh['errors']} errors (target p99 <= 10 ms).",
@@ -129,24 +124,16 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    sweep = r["miss"]["sweep"]
-    offered = [s["offered_rps"] for s in sweep]
-    for q in ("p50_ms", "p95_ms", "p99_ms"):
-        left.plot(offered, [s[q] for s in sweep], marker="o", label=q.removesuffix("_ms"))
-    left.set(xlabel="offered RPS", ylabel="latency (ms)", title="/recommend cache miss: latency vs load")
-    left.legend()
-    names = ["bare", "miss", "hit"]
-    right.bar(names, [r[n]["saturation"]["rps"] for n in names], color=["grey", "tab:blue", "tab:green"])
-    right.set(ylabel="requests/s at saturation", title="the ceiling and Folio, same run")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, (11, 4)) as (left, right):
+        sweep = r["miss"]["sweep"]
+        offered = [s["offered_rps"] for s in sweep]
+        for q in ("p50_ms", "p95_ms", "p99_ms"):
+            left.plot(offered, [s[q] for s in sweep], marker="o", label=q.removesuffix("_ms"))
+        left.set(xlabel="offered RPS", ylabel="latency (ms)", title="/recommend cache miss: latency vs load")
+        left.legend()
+        names = ["bare", "miss", "hit"]
+        right.bar(names, [r[n]["saturation"]["rps"] for n in names], color=["grey", "tab:blue", "tab:green"])
+        right.set(ylabel="requests/s at saturation", title="the ceiling and Folio, same run")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -174,9 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["miss"] = measure("service:Recommender", miss_env, "RecommendMiss", args, work)
         hit_env = folio | {"FOLIO_STATE_DIR": str(work / "hit")}
         results["hit"] = measure("service:Recommender", hit_env, "RecommendHit", args, work)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ceiling.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "ceiling.png")
+    save(args.out, "ceiling", results, plot)
     results["markdown"] = markdown(results)
     print(results["markdown"])
     return results

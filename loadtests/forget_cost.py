@@ -20,7 +20,9 @@ from pathlib import Path
 
 import redis
 
-from runners.state.store import Event, LocalState, RedisState
+from runners.state.local import LocalState
+from runners.state.protocol import Event
+from runners.state.redis_state import RedisState
 
 
 async def measure(events: int) -> dict[str, float]:

@@ -28,73 +28,22 @@ import logging
 import os
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
-from loadtests.openloop import open_loop
-from loadtests.servers import ROOT, ServedFolio
+from loadtests.harness.openloop import open_loop
+from loadtests.harness.process_tree import MemorySampler
+from loadtests.harness.report import figure, save
 from loadtests.synthetic_model import build_synthetic_version, find_synthetic_version
 from models import registry
+from runners.platform.processes import ROOT, ServedFolio
 
 log = logging.getLogger("loadtests.growth_bench")
 DEFAULT_CANDIDATES = 200  # a trained version's default (training.pipeline.RankerConfig): the catalog sweep
 MIN_HISTORY = 5  # FOLIO_COLD_START_THRESHOLD's default: users below it get the popularity path
-
-
-def tree_memory(pid: int) -> dict[str, Any]:
-    """RSS and PSS (bytes) summed over ``pid`` and its descendants, with a per-process breakdown."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return {"rss": 0, "pss": 0, "processes": []}
-    rows = []
-    for p in procs:
-        try:
-            full = p.memory_full_info()
-            name = p.name()
-            rows.append({"pid": p.pid, "name": name, "rss": full.rss, "pss": getattr(full, "pss", full.rss)})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return {
-        "rss": sum(r["rss"] for r in rows),
-        "pss": sum(r["pss"] for r in rows),
-        "processes": rows,
-    }
-
-
-class MemorySampler:
-    """Samples tree_memory(pid) every ``interval_s`` in a thread; keeps the sample with the largest RSS."""
-
-    def __init__(self, pid: int, interval_s: float = 2.0) -> None:
-        self.pid, self.interval_s = pid, interval_s
-        self.peak: dict[str, Any] = {"rss": 0, "pss": 0, "processes": []}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.take()
-            self._stop.wait(self.interval_s)
-
-    def take(self) -> dict[str, Any]:
-        sample = tree_memory(self.pid)
-        if sample["rss"] > self.peak["rss"]:
-            self.peak = sample
-        return sample
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def load(url: str, users: list[str], rps: float, seconds: float) -> dict[str, Any]:
@@ -221,35 +170,26 @@ def measure(tag: str, candidates: int, args: argparse.Namespace, work: Path) -> 
 
 
 def plot(sizes: list[dict[str, Any]], cands: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    x = [r["n_items"] for r in sizes]
-    for key, style in (("p50_ms", "o--"), ("p95_ms", "s--"), ("p99_ms", "o-")):
-        ax[0].plot(x, [r[key] for r in sizes], style, label=key.split("_")[0])
-    ax[0].set(xscale="log", xlabel="catalog items", ylabel="/recommend latency, ms",
-              title=f"latency vs catalog ({DEFAULT_CANDIDATES} candidates)")  # fmt: skip
-    ax[0].legend()
-    c = [r["candidates"] for r in cands]
-    for key, style in (("p50_ms", "o--"), ("p95_ms", "s--"), ("p99_ms", "o-")):
-        ax[1].plot(c, [r[key] for r in cands], style, label=key.split("_")[0])
-    n_c = cands[0]["n_items"] if cands else 0
-    ax[1].set(
-        xlabel="candidates ranked per request", ylabel="ms", title=f"latency vs candidates ({n_c:,} items)"
-    )
-    ax[1].legend()
-    ax[2].plot(x, [r["rss_gib"] for r in sizes], "o-", label="RSS (sum over the tree)")
-    ax[2].plot(x, [r["pss_gib"] for r in sizes], "s--", label="PSS (shared pages split)")
-    ax[2].set(xscale="log", xlabel="catalog items", ylabel="GiB", title="serving stack memory vs catalog")
-    ax[2].legend()
-    for a in ax:
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 3, (15, 4.2)) as ax:
+        x = [r["n_items"] for r in sizes]
+        for key, style in (("p50_ms", "o--"), ("p95_ms", "s--"), ("p99_ms", "o-")):
+            ax[0].plot(x, [r[key] for r in sizes], style, label=key.split("_")[0])
+        ax[0].set(xscale="log", xlabel="catalog items", ylabel="/recommend latency, ms",
+                  title=f"latency vs catalog ({DEFAULT_CANDIDATES} candidates)")  # fmt: skip
+        ax[0].legend()
+        c = [r["candidates"] for r in cands]
+        for key, style in (("p50_ms", "o--"), ("p95_ms", "s--"), ("p99_ms", "o-")):
+            ax[1].plot(c, [r[key] for r in cands], style, label=key.split("_")[0])
+        n_c = cands[0]["n_items"] if cands else 0
+        ax[1].set(xlabel="candidates ranked per request", ylabel="ms",
+                  title=f"latency vs candidates ({n_c:,} items)")  # fmt: skip
+        ax[1].legend()
+        ax[2].plot(x, [r["rss_gib"] for r in sizes], "o-", label="RSS (sum over the tree)")
+        ax[2].plot(x, [r["pss_gib"] for r in sizes], "s--", label="PSS (shared pages split)")
+        ax[2].set(xscale="log", xlabel="catalog items", ylabel="GiB", title="serving stack memory vs catalog")
+        ax[2].legend()
+        for a in ax:
+            a.grid(alpha=0.3)
 
 
 def _fallbacks(row: dict[str, Any]) -> str:
@@ -425,8 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result["summary"] = summary(size_rows, cand_rows)
     result["markdown"] = markdown(result)
-    (args.out / "growth.json").write_text(json.dumps(result, indent=1))
-    plot(size_rows, cand_rows, args.out / "growth.png")
+    save(args.out, "growth", result, lambda _, png: plot(size_rows, cand_rows, png))
     print(result["markdown"])
     return result
 

@@ -25,7 +25,7 @@ from runners.platform.threads import limit_numeric_threads
 from runners.stages import served_model
 from runners.stages.pipeline import Recommender
 from runners.stages.ranking import RankingStage
-from runners.state.store import LocalState
+from runners.state.local import LocalState
 
 STAGES = ("cache", "history", "retrieval", "ranking", "rules")
 
@@ -46,7 +46,7 @@ async def in_process(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         state = LocalState(Path(tmp) / "journal.jsonl")
         ranking = RankingStage(
-            model.path, triton_url=None, default_precision=args.precision, work_dir=Path(tmp)
+            model.ranker, triton_url=None, default_precision=args.precision, work_dir=Path(tmp)
         )
         await ranking.start()
         try:

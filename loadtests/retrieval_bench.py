@@ -25,18 +25,14 @@ picked and its speedup over exact reported. The service asks for 500 candidates 
 picked setting is also checked at k = ``--serving-k``: recall@500 against the exact top-500 and its QPS.
 
 Writes <out>/retrieval.json and <out>/retrieval.png; ``main`` returns the numbers and a markdown section.
+The parts: loadtests/retrieval/ (indexes: data, index builds, timing and recall; report: markdown, figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import math
-import os
-import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,286 +40,29 @@ import faiss
 import numpy as np
 import psutil
 
-from training.index import HNSW_M, build_ivf, ivf_nlist
+from loadtests.harness.report import machine, save
+from loadtests.retrieval.indexes import (
+    FAMILIES,
+    KNOB,
+    built,
+    make_flat,
+    make_hnsw,
+    make_ivf,
+    make_ivf_sq8,
+    public,
+    recall_at_k,
+    set_knob,
+    synthetic_catalog,
+    time_search,
+)
+from loadtests.retrieval.report import markdown, plot
+from training.index import HNSW_M, ivf_nlist
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("hnsw", "ivf", "ivf_sq8")
-KNOB = {"hnsw": "efSearch", "ivf": "nprobe", "ivf_sq8": "nprobe"}
 
 
 def parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
-
-
-# --- data ---------------------------------------------------------------------------------------------
-
-
-def synthetic_catalog(
-    n_items: int, dim: int, n_queries: int, n_clusters: int = 256, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(items float32 [n_items, dim], queries float32 [n_queries, dim]), both L2-normalized rows."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    offset = rng.standard_normal(dim).astype(np.float32)
-    offset *= 0.2 / np.linalg.norm(offset)  # shared direction: mean pairwise cosine ~0.04
-    # Within-cluster noise: variance ~ 1/rank along a random basis (a decaying spectrum), total 1.5^2.
-    lam = 1.0 / np.arange(1, dim + 1)
-    basis_q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    basis = (1.5 * np.sqrt(lam / lam.sum())[:, None] * basis_q.T).astype(np.float32)
-    labels = rng.integers(0, n_clusters, n_items)
-    items = np.empty((n_items, dim), dtype=np.float32)
-    for start in range(0, n_items, 65536):  # chunks bound the temporaries at 1M x 200
-        stop = min(n_items, start + 65536)
-        noise = rng.standard_normal((stop - start, dim), dtype=np.float32) @ basis
-        items[start:stop] = centers[labels[start:stop]] + offset + noise
-    items /= np.linalg.norm(items, axis=1, keepdims=True)
-
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
-    queries = np.empty((n_queries, dim), dtype=np.float32)
-    for r in range(n_queries):
-        clusters = rng.choice(n_clusters, size=int(rng.integers(1, 4)), replace=False)
-        pool = np.concatenate([order[bounds[c] : bounds[c + 1]] for c in clusters])
-        if pool.size == 0:  # tiny catalogs: a cluster may be empty
-            pool = np.arange(n_items)
-        history = rng.choice(pool, size=int(rng.integers(5, 41)))
-        v = items[history].mean(axis=0)
-        v = v / np.linalg.norm(v) + 1.5 * rng.standard_normal(dim).astype(np.float32) / math.sqrt(dim)
-        queries[r] = v / np.linalg.norm(v)
-    return items, queries
-
-
-# --- measurement ----------------------------------------------------------------------------------------
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean over queries of |found[:k] ∩ truth[:k]| / k (ids; -1 padding never matches)."""
-    hits = [np.intersect1d(f[:k], t[:k]).size for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits) / k)
-
-
-def time_search(index: faiss.Index, queries: np.ndarray, k: int, batch: int) -> dict[str, Any]:
-    """Searches ``queries`` ``batch`` rows per call; QPS, per-call latency percentiles and the ids found."""
-    index.search(queries[: min(len(queries), 8 * batch)], k)  # warm-up
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    lat = []
-    for start in range(0, len(queries), batch):
-        chunk = queries[start : start + batch]
-        t0 = time.perf_counter()
-        _, found = index.search(chunk, k)
-        lat.append(time.perf_counter() - t0)
-        ids[start : start + len(chunk)] = found
-    total = float(np.sum(lat))
-    return {
-        "batch": batch,
-        "queries": len(queries),
-        "qps": len(queries) / total,
-        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
-        "ids": ids,
-    }
-
-
-def public(timing: dict[str, Any]) -> dict[str, Any]:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timing.items() if k != "ids"}
-
-
-def rss() -> int:
-    gc.collect()
-    return int(psutil.Process().memory_info().rss)
-
-
-def index_bytes(index: faiss.Index) -> int:
-    """Size of the serialized index: what items.faiss weighs and, roughly, what it holds in memory."""
-    return int(faiss.serialize_index(index).nbytes)
-
-
-def built(make: Callable[..., faiss.Index], *args: Any) -> tuple[faiss.Index, dict[str, Any]]:
-    """Runs ``make(*args)`` (builds an index); the index, build seconds, serialized bytes and RSS delta."""
-    before = rss()
-    t0 = time.perf_counter()
-    index = make(*args)
-    seconds = time.perf_counter() - t0
-    delta = rss() - before
-    return index, {"build_s": round(seconds, 2), "index_bytes": index_bytes(index), "rss_delta_bytes": delta}
-
-
-# --- indexes -------------------------------------------------------------------------------------------
-
-
-def make_hnsw(items: np.ndarray, m: int, ef_construction: int) -> faiss.Index:
-    index = faiss.IndexHNSWFlat(items.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef_construction
-    index.add(items)
-    return index
-
-
-def make_ivf(items: np.ndarray, nlist: int, seed: int) -> faiss.Index:
-    """The served large-catalog build (training/index.py): 40 k-means points per list, 10 iterations."""
-    return build_ivf(items, nlist, seed)
-
-
-def make_ivf_sq8(items: np.ndarray, coarse: faiss.IndexIVF) -> faiss.Index:
-    """IVF-SQ8 over the coarse centroids of ``coarse`` (an IVF index already trained): no k-means again."""
-    quantizer = faiss.IndexFlatIP(items.shape[1])
-    quantizer.add(coarse.quantizer.reconstruct_n(0, coarse.nlist))
-    index = faiss.IndexIVFScalarQuantizer(
-        quantizer, items.shape[1], coarse.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    index.train(items[: min(len(items), 100_000)])  # trains the scalar quantizer only
-    index.add(items)
-    return index
-
-
-def set_knob(index: faiss.Index, value: int) -> None:
-    """efSearch of an HNSW index, nprobe of an IVF one."""
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = value
-    else:
-        faiss.extract_index_ivf(index).nprobe = value
-
-
-# --- report -------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    return {
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    exact = result["exact"]
-    for ax, key in zip(axes, ("b1", "batched"), strict=True):
-        for family, data in result["families"].items():
-            pts = data["sweep"]
-            qps = [p[key]["qps"] for p in pts]
-            rec = [p["recall@10"] for p in pts]
-            (line,) = ax.plot(qps, rec, marker="o", ms=3, label=f"{family} ({data['params']})")
-            for p, x, y in zip(pts, qps, rec, strict=True):
-                label = str(p[KNOB[family]])
-                ax.annotate(label, (x, y), fontsize=6, xytext=(2, -8), textcoords="offset points")
-            if data.get("chosen"):
-                c = data["chosen"]
-                ax.plot([c[key]["qps"]], [c["recall@10"]], marker="*", ms=13, color=line.get_color())
-        ax.plot([exact[key]["qps"]], [exact["recall@10"]], "ks", ms=8, label="exact (IndexFlatIP)")
-        ax.axhline(result["config"]["target_recall"], color="grey", ls="--", lw=1, label="recall 0.95")
-        if key == "b1":
-            ax.axvline(10 * exact[key]["qps"], color="red", ls=":", lw=1, label="10x exact QPS")
-        ax.set_xscale("log")
-        ax.set_xlabel("queries/s, one thread (log)")
-        batch = result["config"]["batch"]
-        ax.set_title("batch 1 (as served)" if key == "b1" else f"batch {batch}")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel(f"recall@{result['config']['k']} vs exact")
-    axes[0].legend(fontsize=7, loc="lower left")
-    cfg = result["config"]
-    title = (
-        f"FAISS on {cfg['items']:,} x {cfg['dim']} synthetic items, {cfg['queries']} queries, k={cfg['k']}"
-    )
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    cfg, exact = result["config"], result["exact"]
-    mb = 2**20
-    rows = [
-        "| index | setting | build s | index MB | recall@10 | QPS b1 | p50 / p99 ms b1 | "
-        f"QPS b{cfg['batch']} | speedup b1 | speedup b{cfg['batch']} |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-        f"| exact | IndexFlatIP | {exact['build_s']:.1f} | {exact['index_bytes'] / mb:.0f} | "
-        f"{exact['recall@10']:.3f} | {exact['b1']['qps']:.1f} | {exact['b1']['p50_ms']:.2f} / "
-        f"{exact['b1']['p99_ms']:.2f} | {exact['batched']['qps']:.1f} | 1.0x | 1.0x |",
-    ]
-    for family, data in result["families"].items():
-        point = data["chosen"] or max(data["sweep"], key=lambda p: p["recall@10"])
-        note = "" if data["chosen"] else " (best swept; below target)"
-        rows.append(
-            f"| {family} | {data['params']}, {KNOB[family]}={point[KNOB[family]]}{note} | "
-            f"{data['build_s']:.1f} | {data['index_bytes'] / mb:.0f} | {point['recall@10']:.3f} | "
-            f"{point['b1']['qps']:.0f} | "
-            f"{point['b1']['p50_ms']:.2f} / {point['b1']['p99_ms']:.2f} | {point['batched']['qps']:.0f} | "
-            f"{point['speedup_b1']:.1f}x | {point['speedup_batched']:.1f}x |"
-        )
-    best = result["chosen"]
-    if best:
-        family, point = best["family"], best
-        verdict = (
-            f"**Target {'met' if result['target_met'] else 'NOT met'}**: the cheapest setting reaching "
-            f"recall@10 >= {cfg['target_recall']} is {family} ({result['families'][family]['params']}, "
-            f"{KNOB[family]}={point[KNOB[family]]}): recall@10 {point['recall@10']:.3f} at "
-            f"{point['b1']['qps']:.0f} QPS one query at a time, {point['speedup_b1']:.1f}x exact "
-            f"({exact['b1']['qps']:.1f} QPS); batched by {cfg['batch']} the speedup is "
-            f"{point['speedup_batched']:.1f}x, since exact search turns into a matrix product."
-        )
-        depth = result["families"][family].get("serving_depth")
-        if depth:
-            at = depth["at_chosen"]
-            verdict += (
-                f" At the service's depth (k={depth['k']} candidates) that setting has recall@{depth['k']} "
-                f"{at['recall']:.3f} ({at['qps']:.0f} QPS, exact {result['exact_serving_depth']['qps']:.1f})."
-            )
-    else:
-        verdict = (
-            f"**Target NOT met**: no swept ANN setting reached recall@10 >= {cfg['target_recall']} at >= 10x "
-            "the exact QPS."
-        )
-    served = result["served"]
-    verdict += (
-        f" training/index.py serves exact search up to {served['exact_max_items']:,} items and "
-        f"{served['ann']} above."
-    )
-    intro = (
-        f"{cfg['items']:,} synthetic L2-normalized items x {cfg['dim']} dims ({cfg['clusters']} Gaussian "
-        f"clusters, calibrated on the trained ml-100k embeddings), {cfg['queries']} user-like queries, inner "
-        f"product, k={cfg['k']}; searches on {cfg['search_threads']} FAISS thread, builds on "
-        f"{cfg['build_threads']}. Speedups are QPS ratios to exact search measured in the same run; run time "
-        f"{result['total_s']:.0f} s."
-    )
-    ed = result["exact_serving_depth"]
-    depth_rows = [
-        f"| index (k={cfg['serving_k']}, batch 1) | setting | recall@{cfg['serving_k']} | QPS | "
-        "p50 / p99 ms | speedup |",
-        "|---|---|--:|--:|--:|--:|",
-        f"| exact | IndexFlatIP | 1.000 | {ed['qps']:.1f} | {ed['p50_ms']:.2f} / {ed['p99_ms']:.2f} | 1.0x |",
-    ]
-    for family, data in result["families"].items():
-        depth = data.get("serving_depth")
-        if not depth:
-            continue
-        point = depth["chosen"] or depth["sweep"][-1]
-        note = "" if depth["chosen"] else " (best swept; below target)"
-        depth_rows.append(
-            f"| {family} | {KNOB[family]}={point[KNOB[family]]}{note} | {point['recall']:.3f} | "
-            f"{point['qps']:.0f} | {point['p50_ms']:.2f} / {point['p99_ms']:.2f} | {point['speedup']:.1f}x |"
-        )
-    depth_intro = (
-        f"The service asks FAISS for {cfg['serving_k']} candidates, not 10: the cheapest setting per family "
-        f"with recall@{cfg['serving_k']} >= {cfg['target_recall']} against the exact top-{cfg['serving_k']} "
-        "(first queries of the set):"
-    )
-    return "\n".join([intro, "", *rows, "", verdict, "", depth_intro, "", *depth_rows])
-
-
-# --- main ---------------------------------------------------------------------------------------------
 
 
 def sweep_family(
@@ -434,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_s = time.perf_counter() - t0
     print(f"data: {args.items:,} x {args.dim} items, {args.queries} queries in {data_s:.1f} s", flush=True)
 
-    flat, exact = built(_flat, items)
+    flat, exact = built(make_flat, items)
     depth_k = min(args.serving_k, args.items)
     t0 = time.perf_counter()
     _, truth_depth = flat.search(queries, depth_k)  # batched ground truth on build_threads threads
@@ -528,7 +267,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target_met = bool(best and best["speedup_b1"] >= args.target_speedup)
     result: dict[str, Any] = {
         "scenario": "retrieval",
-        "machine": machine(),
+        "machine": machine(
+            memory_gib=round(psutil.virtual_memory().total / 2**30, 1),
+            faiss=faiss.__version__,
+            numpy=np.__version__,
+        ),
         "config": {
             "items": args.items,
             "dim": args.dim,
@@ -555,18 +298,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result["total_s"] = round(time.perf_counter() - started, 1)
     result["markdown"] = markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "retrieval.json").write_text(json.dumps(result, indent=1))
-    plot(result, args.out / "retrieval.png")
+    save(args.out, "retrieval", result, plot)
     print(result["markdown"])
     print(f"wrote {args.out / 'retrieval.json'} and retrieval.png in {result['total_s']:.0f} s")
     return result
-
-
-def _flat(items: np.ndarray) -> faiss.Index:
-    index = faiss.IndexFlatIP(items.shape[1])
-    index.add(items)
-    return index
 
 
 def served_config() -> dict[str, Any]:

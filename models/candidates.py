@@ -25,20 +25,6 @@ RETRIEVAL = "retrieval"
 PER_SOURCE = ("score", "relative", "log_rank")
 DEFAULT_RATING_WEIGHT = 2.0  # an interaction without a rating (a click, a purchase) weighs as a 4-star rating
 
-# Feedback events on the 1..5 rating scale: what serving's history weights (rating_weight) and the
-# feedback export (training/feedback.py) both read. A "rate" event is its value (4 when it has none); an
-# event under POSITIVE_RATING is not a positive interaction (seen, but neither history nor training).
-EVENT_RATINGS = {"view": 3.0, "click": 4.0, "add_to_cart": 4.0, "purchase": 5.0}
-UNRATED_RATING = 4.0
-POSITIVE_RATING = 3.0
-
-
-def event_rating(event: str, value: float | None) -> float:
-    """The rating an event stands for (EVENT_RATINGS; a "rate" event's own value)."""
-    if event == "rate":
-        return UNRATED_RATING if value is None else float(value)
-    return EVENT_RATINGS[event]
-
 
 def rating_weights(ratings: np.ndarray) -> np.ndarray:
     """float32 history weights of interactions: 1 for ratings <= 3, 2 for 4, 3 for 5 (1..5 scale),

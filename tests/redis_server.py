@@ -8,9 +8,6 @@ same port (empty: nothing is persisted).
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,11 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from runners.platform.processes import ChildProcess, free_port
 
 
 def redis_server_binary() -> str:
@@ -40,7 +33,7 @@ class RedisServer:
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
         self.log_path = self.workdir / f"redis-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._child = ChildProcess(f"redis-server on port {self.port}", self.log_path, own_group=False)
 
     @property
     def url(self) -> str:
@@ -49,47 +42,31 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
 
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+    def log_tail(self, lines: int = 60) -> str:
+        return self._child.log_tail(lines)
 
     def is_alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self._child.alive()
 
     def start(self) -> RedisServer:
         if self.is_alive():
             return self
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(self.workdir)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.proc.returncode} on port {self.port}:\n{self.log_tail()}"
-                )
+
+        def ready() -> bool:
             try:
                 with self.client() as c:
-                    if c.ping():
-                        return self
+                    return bool(c.ping())
             except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} not ready in time:\n{self.log_tail()}")
-            time.sleep(0.02)
+                return False
+
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.workdir)]
+        self._child.spawn(args)
+        self._child.wait_ready(ready, self.startup_timeout_s, poll_s=0.02, max_poll_s=0.02)
+        return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
+        self._child.stop(10.0)
 
     def __enter__(self) -> RedisServer:
         return self.start()

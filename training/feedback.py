@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.candidates import POSITIVE_RATING, event_rating
+from models.events import POSITIVE_RATING, event_rating
 from runners.state.feedback_log import FeedbackLog, LogRecord, Position
 from runners.state.journal import fsync_dir, write_synced
 from training.dataset import Dataset, Interactions

@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 
 from models import registry
-from models.candidates import POSITIVE_RATING
+from models.events import POSITIVE_RATING, TRENDING_WEIGHTS
 from runners.http.schemas import RecommendRequest
 from runners.platform.settings import Settings
 from runners.stages import served_model
-from runners.stages.pipeline import EVENT_WEIGHTS, Recommender
+from runners.stages.pipeline import Recommender
 from runners.stages.ranking import RankingStage
 from runners.state.catalog import CatalogState
 from runners.state.local import LocalState
@@ -143,7 +143,7 @@ async def _served_quality(
     with tempfile.TemporaryDirectory() as tmp:
         state = LocalState(Path(tmp) / "journal.jsonl")
         events = _events(holdout.train_rows[holdout.train_rows["user_id"].isin(holdout.pairs)])
-        await state.append_events(events, [EVENT_WEIGHTS[e.event] for e in events])
+        await state.append_events(events, [TRENDING_WEIGHTS[e.event] for e in events])
         ranking = RankingStage(
             served.ranker, triton_url=None, default_precision=settings.precision, manage_triton=False
         )
@@ -175,7 +175,7 @@ async def _served_quality(
 
 def _events(rows: pd.DataFrame) -> list[Event]:
     return [
-        Event(str(u), str(b), str(e), float(r) if e == "rate" else None, float(ts))
+        Event(str(u), str(b), e, float(r) if e == "rate" else None, float(ts))  # Event checks e
         for u, b, r, ts, e in zip(
             rows["user_id"], rows["book_id"], rows["rating"], rows["timestamp"], rows["event"], strict=True
         )

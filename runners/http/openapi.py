@@ -272,7 +272,8 @@ Choices = dict[tuple[str, str], list[str]]
 
 def served_choices() -> Choices:
     """(request model, field) -> the values this server accepts there, as configured."""
-    from runners.platform.settings import PRECISIONS, load_settings
+    from models.version import PRECISIONS
+    from runners.platform.settings import load_settings
     from runners.serving.variants import VariantConfig
 
     settings = load_settings()

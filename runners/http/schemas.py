@@ -10,18 +10,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runners.platform.settings import PRECISIONS
+from models.events import EventName
+from runners.stages.ranking import Fallback
 from runners.state import catalog
-from runners.state.protocol import EVENTS, MAX_ID_CHARS, MAX_VALUE, TS_MAX
+from runners.state.protocol import MAX_ID_CHARS, MAX_VALUE, TS_MAX
 
 # ASCII classes, not \w: JSON Schema's \w (ECMA) is ASCII while Python's and pydantic's are Unicode, so
 # a document with \w would not say what the server accepts (the fuzz suite found "eÕ" accepted).
 UserId = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.@:-]+$")
 ItemId = Field(min_length=1, max_length=MAX_ID_CHARS)
 Genre = Annotated[str, Field(min_length=1, max_length=64)]
-Fallback = Literal["none", "onnxruntime", "popularity"]
-EventName = Literal["view", "click", "add_to_cart", "purchase", "rate"]
-assert set(PRECISIONS) == {"int8", "fp16", "fp32"} and set(EVENTS) == set(EventName.__args__)  # type: ignore[attr-defined]
 
 
 class _Strict(BaseModel):

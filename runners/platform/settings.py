@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PRECISIONS = ("int8", "fp16", "fp32")
+from models.version import PRECISIONS
 
 
 class SettingsError(RuntimeError):

@@ -29,6 +29,7 @@ from typing import Any
 from starlette.responses import Response
 
 from models import registry
+from models.version import PRECISIONS
 from runners.http.schemas import RecommendRequest, RecommendResponse
 from runners.platform.metrics import (
     CATALOG_REVISION,
@@ -41,8 +42,8 @@ from runners.platform.metrics import (
     VARIANT_REQUESTS,
     VARIANT_SECONDS,
 )
-from runners.platform.settings import PRECISIONS, Settings
-from runners.serving.lifecycle import Deployment, deploy, retire
+from runners.platform.settings import Settings
+from runners.serving.deployment import Deployment, deploy, retire
 from runners.serving.variants import PRODUCTION, Assigner, Variant, VariantConfig
 from runners.stages import served_model
 from runners.stages.pipeline import CachedResult, UnknownItem

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.candidates import POSITIVE_RATING, event_rating, rating_weight
+from models.candidates import rating_weight
 from models.diversity import diversify
+from models.events import POSITIVE_RATING, TRENDING_WEIGHTS, event_rating
 from runners.http.schemas import FeedbackEvent, Item, RecommendRequest, RecommendResponse
 from runners.platform.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
 from runners.platform.settings import Settings
@@ -35,7 +36,6 @@ from runners.state.protocol import Event, StateStore, StateUnavailable
 log = logging.getLogger(__name__)
 
 # How much one event adds to trending.
-EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rate": 2.0}
 
 
 class UnknownItem(LookupError):
@@ -344,7 +344,7 @@ class Recommender:
     async def record(self, records: Sequence[Event]) -> int:
         """Durably record validated events (raises StateUnavailable with nothing written)."""
         with timed("feedback"):
-            await self.state.append_events(records, [EVENT_WEIGHTS[e.event] for e in records])
+            await self.state.append_events(records, [TRENDING_WEIGHTS[e.event] for e in records])
         for e in records:
             FEEDBACK_EVENTS.labels(event=e.event, variant=e.variant or "").inc()
         return len(records)

@@ -42,7 +42,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-EVENTS = ("view", "click", "add_to_cart", "purchase", "rate")
+from models.events import EVENTS, EventName
+
 EPOCH = 1767225600.0  # 2026-01-01T00:00:00Z
 TS_MAX = 4102444800.0  # 2100-01-01T00:00:00Z: no stored timestamp is later (the API's window is narrower)
 MAX_ID_CHARS = 128  # user and item ids
@@ -58,7 +59,7 @@ class Event:
 
     user_id: str
     item_id: str
-    event: str
+    event: EventName  # checked in __post_init__ (JSON replay gives any str)
     value: float | None
     ts: float
     variant: str | None = None

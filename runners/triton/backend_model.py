@@ -1,4 +1,4 @@
-"""Triton Python-backend model serving one ONNX ranker variant with ONNX Runtime (CPU).
+"""Triton Python-backend model serving the ONNX ranker at one precision with ONNX Runtime (CPU).
 
 `runners/triton/repository.py` copies this file as `<model>/1/model.py` next to `<model>/1/model.onnx`.
 
@@ -108,7 +108,7 @@ def split(scores: np.ndarray, candidate_ends: np.ndarray) -> list[np.ndarray]:
 
 
 class TritonPythonModel:
-    """Ranker variant served through ONNX Runtime's CPU execution provider."""
+    """The ranker at one precision, served through ONNX Runtime's CPU execution provider."""
 
     def initialize(self, args: dict[str, str]) -> None:
         import onnxruntime as ort

@@ -1,8 +1,8 @@
-"""Render the Triton model repository for the ranker variants from a stored model directory.
+"""Render the Triton model repository for the ranker precisions from a stored model directory.
 
 Input (`model_dir`, written by the ONNX export): `ranker_fp32.onnx`, `ranker_fp16.onnx`,
 `ranker_int8.onnx` and `ranker.json` ({"user_feature_dim": D, "n_items": N, "candidate_feature_dim": F,
-...}). Every variant has the same float32 I/O (models/ranker.py): item_ids int64 [R], user_features
+...}). Every precision has the same float32 I/O (models/ranker.py): item_ids int64 [R], user_features
 float32 [B, D], candidate_ends int32 [B] (cumulative candidate counts), candidate_features float32
 [R*F] (flat, F per candidate in item_ids order) -> scores float32 [R].
 
@@ -27,7 +27,7 @@ Targets:
   1-D, hence the flat [R*F]), feeds `candidate_ends` as a batch input
   (BATCH_ACCUMULATED_ELEMENT_COUNT over item_ids, TYPE_INT32 is allowed), and scatters the flat
   `scores` back per request with a batch output (BATCH_SCATTER_WITH_INPUT_SHAPE). TensorRT runs the
-  graph at the variant's precision; see README.md written next to the configs for the caveats.
+  graph at the precision; see README.md written next to the configs for the caveats.
 
 Clients send one request per user: item_ids [1, n] int64, user_features [1, D] float32 and
 candidate_features [1, n*F] float32, and get scores [1, n] float32, identical for both targets.
@@ -40,7 +40,6 @@ from pathlib import Path
 
 from models.version import PRECISIONS, Precision, RankerFiles, RankerMeta
 
-VARIANTS = PRECISIONS  # one Triton model per ranker precision
 TARGETS = ("cpu", "gpu")
 MODEL_PY = Path(__file__).resolve().parent / "backend_model.py"
 VERSION = "1"
@@ -118,7 +117,7 @@ MAX_CANDIDATES_PER_RUN = 1024
 
 
 def render_config(
-    variant: str,
+    precision: Precision,
     meta: RankerMeta,
     *,
     target: str = "cpu",
@@ -132,19 +131,19 @@ def render_config(
     trt_cache_dir: str = "/tmp/folio_trt_cache",
     dynamic_batching: bool = True,
 ) -> str:
-    """The `config.pbtxt` text of one variant (fields in the Triton tutorials' order).
+    """The `config.pbtxt` text of one precision (fields in the Triton tutorials' order).
 
     `dynamic_batching=False` leaves the `dynamic_batching` block out: Triton's default scheduler then
     hands every request to its own execution (batch of one request), which is what a benchmark of
     batching on vs off compares against. `max_batch_size` stays as is, so the request contract is the same.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if max_batch_size < 1 or instances < 1 or max_queue_delay_us < 0 or max_candidates < 1:
         raise ValueError("max_batch_size, instances and max_candidates must be >= 1, max_queue_delay_us >= 0")
-    name = model_name(variant)
+    name = model_name(precision)
     header = f'name: "{name}"\n'
     sections: list[str]
     if target == "cpu":
@@ -163,7 +162,7 @@ def render_config(
                     "max_candidates_per_run": str(max_candidates_per_run),
                     "n_items": str(meta.n_items),
                     "onnx_file": "model.onnx",
-                    "variant": variant,
+                    "precision": precision,
                 }
             ),
         ]
@@ -180,7 +179,7 @@ def render_config(
 
         opt_b = max(1, b // 2)
         trt = [
-            ("precision_mode", _TRT_PRECISION[variant]),
+            ("precision_mode", _TRT_PRECISION[precision]),
             ("max_workspace_size_bytes", str(1 << 30)),
             ("trt_engine_cache_enable", "1"),
             ("trt_engine_cache_path", f"{trt_cache_dir}/{name}"),
@@ -243,18 +242,18 @@ def render_triton(
     model_dir, out = Path(model_dir), Path(out)
     ranker = RankerFiles.read(model_dir)
     meta = ranker.meta
-    sources = {variant: ranker.onnx(variant) for variant in VARIANTS}
+    sources = {precision: ranker.onnx(precision) for precision in PRECISIONS}
     missing = [str(p) for p in sources.values() if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"stored model is missing ranker variants: {', '.join(missing)}")
+        raise FileNotFoundError(f"stored model is missing ranker precisions: {', '.join(missing)}")
     if target == "cpu" and not MODEL_PY.exists():
         raise FileNotFoundError(f"{MODEL_PY} (the Python-backend model) not found")
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for variant in VARIANTS:
+    for precision in PRECISIONS:
         config = render_config(
-            variant,
+            precision,
             meta,
             target=target,
             max_batch_size=max_batch_size,
@@ -266,14 +265,14 @@ def render_triton(
             max_candidates=max_candidates,
             dynamic_batching=dynamic_batching,
         )
-        model_path = out / model_name(variant)
+        model_path = out / model_name(precision)
         model_path.mkdir(exist_ok=True)
         for stale in model_path.iterdir():
             if stale.is_dir() and stale.name.isdigit():
                 shutil.rmtree(stale)
         version_dir = model_path / VERSION
         version_dir.mkdir()
-        shutil.copyfile(sources[variant], version_dir / "model.onnx")
+        shutil.copyfile(sources[precision], version_dir / "model.onnx")
         if target == "cpu":
             shutil.copyfile(MODEL_PY, version_dir / "model.py")
         _write_if_changed(model_path / "config.pbtxt", config)
@@ -298,7 +297,7 @@ model directory (`ranker_{fp32,fp16,int8}.onnx` + `ranker.json`). Do not edit by
 model_repository/
   README.md                 this file
   ranker_int8/config.pbtxt  rendered config (commit-able)
-  ranker_int8/1/model.onnx  the stored ONNX variant      } version dirs are git-ignored
+  ranker_int8/1/model.onnx  the stored ONNX precision      } version dirs are git-ignored
   ranker_int8/1/model.py    cpu target only              } (model_repository/*/[0-9]*/)
   ranker_fp16/...
   ranker_fp32/...
@@ -338,7 +337,7 @@ Served by the tritonserver binary of the `nvidia-pytriton` wheel through `runner
 scatters the flat [R] `scores` back per request with
 `batch_output { kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "item_ids" }`.
 `optimization.execution_accelerators.gpu_execution_accelerator` asks for the TensorRT execution
-provider at the variant's precision (FP32 / FP16 / INT8), with an engine cache and one optimization
+provider at the precision (FP32 / FP16 / INT8), with an engine cache and one optimization
 profile covering 1..max_batch_size requests and up to max_batch_size * max_candidates ids (times F
 candidate feature values).
 
@@ -346,12 +345,12 @@ Caveats (not runnable on the CPU dev machines, so unverified here):
 * INT8 under TensorRT needs either a Q/DQ (QuantizeLinear/DequantizeLinear, static) ONNX model or an
   INT8 calibration table (`int8_calibration_table_name`). A dynamically quantized ONNX model
   (`MatMulInteger`/`DynamicQuantizeLinear`, the usual CPU int8 export) is not TensorRT-compatible:
-  those nodes fall back to the CUDA provider or fail; export a Q/DQ variant for GPUs.
+  those nodes fall back to the CUDA provider or fail; export a Q/DQ precision for GPUs.
 * Nothing checks a request's `candidate_features` size on this target (there is no model.py): Triton
   concatenates the ragged inputs as they come, so a request with other than n*F values fails the whole
   batch in the graph's reshape, or, when the batch total still divides, shifts its neighbours'
   features. Clients must send exactly n*F (runners/stages/ranking.py does).
-* The FP16 variant can equally be the fp32 ONNX with `precision_mode: FP16`; TensorRT does the cast.
+* The FP16 precision can equally be the fp32 ONNX with `precision_mode: FP16`; TensorRT does the cast.
 * The first load builds the TensorRT engines (seconds to minutes); keep `trt_engine_cache_path` on a
   persistent volume.
 * Start the image with

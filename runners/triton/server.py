@@ -3,7 +3,7 @@
 `TritonServer` starts the binary as a child process on free local ports, waits until it reports ready
 (all models loaded: strict readiness), fails fast with the server's log tail if the process exits while
 starting, and stops it gracefully (SIGTERM, wait, then SIGKILL of its process group, which also takes
-the Python-backend stubs).
+the Python-backend stubs): the supervision is runners/platform/processes.py's `ChildProcess`.
 
 What the wheel needs (see DESIGN.md, "Running Triton from the nvidia-pytriton wheel"):
 
@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import weakref
@@ -56,7 +53,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+
+from runners.platform.processes import ChildProcess, StartupError, free_port, log_tail
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +63,14 @@ _STUB_NAME = "triton_python_backend_stub"
 # APIs Folio never calls, closed to anyone without a per-server random key (statistics and the
 # repository API stay open: the benchmarks and the explicit-control tests use them).
 RESTRICTED_APIS = "shared-memory,logging,trace"
+_TABLE_LINES = ("+", "|")  # Triton's start-up tables in its log
 
 
 class TritonError(RuntimeError):
     """The embedded Triton server could not be found, started or stopped."""
 
 
-class TritonStartupError(TritonError):
+class TritonStartupError(TritonError, StartupError):
     """The server exited or did not become ready in time; the message carries the log tail."""
 
 
@@ -139,13 +138,6 @@ class TritonDistribution:
                 link.unlink()
             link.symlink_to(target)
         return dest
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the server may still lose a race; start() retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _python_env(base: dict[str, str], dist: TritonDistribution) -> dict[str, str]:
@@ -231,9 +223,7 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self._dist = distribution
         self._restricted_key = secrets.token_hex(24)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_handle: IO[bytes] | None = None
-        self._started_at = 0.0
+        self._child: ChildProcess | None = None
         self._owned_work_dir: Path | None = None
         self.model_repository: Path | None = None
         self.log_file: Path | None = log_file
@@ -261,7 +251,7 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def _client_host(self) -> str:
@@ -318,7 +308,7 @@ class TritonServer:
         self.start(repo)
 
     def is_alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.alive()
 
     def is_ready(self, timeout_s: float = 1.0) -> bool:
         """HTTP `/v2/health/ready`: true once every model in the repository is loaded."""
@@ -332,12 +322,8 @@ class TritonServer:
             return False
 
     def log_tail(self, lines: int = 60) -> str:
-        if self.log_file is None or not self.log_file.exists():
-            return "<no log>"
-        text = self.log_file.read_text(errors="replace").splitlines()
         # Triton prints wide ASCII tables at start-up; they crowd out the lines that matter.
-        text = [line for line in text if not line.startswith(("+", "|"))]
-        return "\n".join(text[-lines:])
+        return log_tail(self.log_file, lines, skip=_TABLE_LINES)
 
     def command(self) -> list[str]:
         """The argv used to start the server (ports and paths filled in once start() picked them)."""
@@ -406,64 +392,23 @@ class TritonServer:
         self.grpc_port = grpc or free_port(self.host or "127.0.0.1")
         self.metrics_port = metrics or free_port(self.host or "127.0.0.1")
         self.log_file = self._log_file_arg or self._work_dir() / "tritonserver.log"
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command()
         log.info("starting tritonserver: %s (log: %s)", " ".join(argv), self.log_file)
-        handle = open(self.log_file, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self._log_handle = handle
-        self._started_at = time.monotonic()
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,  # the stubs' output lands in the same log
-            env=_python_env(dict(os.environ), dist),
-            cwd=self._work_dir(),
-            start_new_session=True,  # own process group: stop() can take the stubs down with it
+        # Own process group (stop() takes the stubs down with it); the stubs' output lands in the same log.
+        child = ChildProcess(
+            "tritonserver", self.log_file, stop_timeout_s=self.stop_timeout_s, tail_skip=_TABLE_LINES
         )
+        self._child = child.spawn(argv, env=_python_env(dict(os.environ), dist), cwd=self._work_dir())
         _live_servers.add(self)
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = self._started_at + self.startup_timeout_s
-        delay = 0.05
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise TritonStartupError(
-                    f"tritonserver exited with code {code} while starting; log tail:\n{self.log_tail()}"
-                )
-            if self.is_ready(timeout_s=0.5):
-                self.startup_s = time.monotonic() - self._started_at
-                log.info("tritonserver ready in %.2fs (grpc %s)", self.startup_s, self.grpc_url)
-                return
-            if time.monotonic() > deadline:
-                waited = f"{self.startup_timeout_s:.0f}s"
-                raise TritonStartupError(
-                    f"tritonserver not ready after {waited}; log tail:\n{self.log_tail()}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        assert self._child is not None
+        ready = functools.partial(self.is_ready, timeout_s=0.5)
+        self.startup_s = self._child.wait_ready(ready, self.startup_timeout_s, error=TritonStartupError)
+        log.info("tritonserver ready in %.2fs (grpc %s)", self.startup_s, self.grpc_url)
 
     def _terminate(self) -> None:
-        proc, self._proc = self._proc, None
+        child, self._child = self._child, None
         _live_servers.discard(self)
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "tritonserver (pid %d) ignored SIGTERM for %.0fs; killing", proc.pid, self.stop_timeout_s
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        if proc is not None:
-            # Stubs normally exit with the server; make sure none of its group outlives it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        handle, self._log_handle = self._log_handle, None
-        if handle is not None:
-            handle.close()
+        if child is not None:
+            child.stop()

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from loadtests.servers import ServedFolio
 from runners.http.schemas import RecommendRequest
+from runners.platform.processes import ServedFolio
 from runners.stages.pipeline import cache_params
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from loadtests.servers import ROOT, ServedFolio
 from models import registry
+from runners.platform.processes import ROOT, ServedFolio
 
 pytestmark = pytest.mark.integration
 

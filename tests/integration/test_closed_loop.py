@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.servers import ROOT, ServedFolio
+from runners.platform.processes import ROOT, ServedFolio
 from runners.platform.settings import hash_key
 from tests.integration.test_served import wait_for
 from tests.redis_server import RedisServer

@@ -1,4 +1,4 @@
-"""`runners.serving.lifecycle.deploy` refuses a version the Triton it would use does not actually serve."""
+"""`runners.serving.deployment.deploy` refuses a version the Triton it would use does not actually serve."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from models import registry
 from runners.platform.settings import Settings
-from runners.serving.lifecycle import deploy
+from runners.serving.deployment import deploy
 from runners.stages.served_model import ModelLoadError
 from runners.state.local import LocalState
 from runners.triton.server import TritonServer

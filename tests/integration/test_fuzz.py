@@ -62,8 +62,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from loadtests.servers import ROOT, ServedFolio
 from models import registry
+from runners.platform.processes import ROOT, ServedFolio
 from runners.platform.settings import hash_key
 from tests.synthetic_catalog import BOOKS_PER_GENRE, GENRES
 

@@ -21,7 +21,7 @@ import jsonschema
 import psutil
 import pytest
 
-from loadtests.servers import ServedFolio
+from runners.platform.processes import ServedFolio
 from tests.openapi_doc import resolved
 
 pytestmark = pytest.mark.integration

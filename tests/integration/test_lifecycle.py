@@ -21,8 +21,8 @@ import httpx
 import psutil
 import pytest
 
-from loadtests.servers import ROOT, ServedFolio
 from models import registry
+from runners.platform.processes import ROOT, ServedFolio
 from runners.platform.settings import hash_key
 from tests.integration.test_ranking_stage import group_gone
 from tests.integration.test_served import wait_for

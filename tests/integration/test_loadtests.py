@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from loadtests.ceiling_bench import locust
-from loadtests.openloop import open_loop
-from loadtests.servers import ServedFolio
+from loadtests.harness.openloop import open_loop
+from runners.platform.processes import ServedFolio
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.servers import ServedFolio
+from runners.platform.processes import ServedFolio
 from runners.platform.settings import hash_key
 from runners.triton.server import TritonServer
 from tests.integration.test_ranking_stage import group_gone

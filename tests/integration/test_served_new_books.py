@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.served_new_books import REC_ROWS
-from loadtests.servers import ROOT, ServedFolio
+from runners.platform.processes import ROOT, ServedFolio
 from runners.platform.settings import hash_key
 from tests.conftest import TINY
 from tests.synthetic_catalog import write_catalog

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.servers import ROOT, ServedFolio
+from runners.platform.processes import ROOT, ServedFolio
 from runners.platform.settings import hash_key
 from tests.conftest import TINY
 from tests.synthetic_catalog import write_catalog

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.servers import ServedFolio
+from runners.platform.processes import ServedFolio
 from runners.triton.server import TritonServer
 from tests.redis_server import RedisServer, dump_all
 

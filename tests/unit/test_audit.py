@@ -239,7 +239,7 @@ def test_image_inside_a_built_bento_needs_no_lock(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     image = bento_image(_project(src), "cpu")
-    assert "bentoml>=1.4,<1.5" in image.python_requirements
+    assert "bentoml==1.4.40" in image.python_requirements
 
 
 def test_unknown_flavour() -> None:

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.candidates import EVENT_RATINGS, POSITIVE_RATING, event_rating, rating_weight
+from models.candidates import rating_weight
+from models.events import EVENT_RATINGS, POSITIVE_RATING, event_rating
 from runners.state.feedback_log import JournalLog
 from runners.state.local import LocalState
 from runners.state.protocol import Event

@@ -8,8 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from runners.platform.settings import Settings
+from runners.serving.deployment import retire
 from runners.serving.fleet import Fleet
-from runners.serving.lifecycle import retire
 from runners.state.catalog import LocalCatalog
 from runners.state.local import LocalState
 

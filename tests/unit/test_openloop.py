@@ -1,6 +1,6 @@
 """The open-loop generator's tally of a JSON field in the answers."""
 
-from loadtests.openloop import _field
+from loadtests.harness.openloop import _field
 
 
 def test_field_reads_a_top_level_value_as_text():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from loadtests import retrieval_bench as rb
+from loadtests.retrieval import indexes
 
 ARGS = ["--items", "20000", "--dim", "32", "--queries", "200"]
 
@@ -39,7 +40,7 @@ def test_writes_json_and_png(run: tuple[dict[str, Any], Path]) -> None:
     assert saved["config"]["search_threads"] == 1
     assert saved["machine"]["cores"] and saved["machine"]["faiss"] == faiss.__version__
     assert saved["chosen"] == json.loads(json.dumps(result["chosen"]))
-    assert set(saved["families"]) == set(rb.FAMILIES)
+    assert set(saved["families"]) == set(indexes.FAMILIES)
     assert "| exact |" in result["markdown"] and "Target" in result["markdown"]
 
 
@@ -52,11 +53,11 @@ def test_exact_against_itself_is_perfect(run: tuple[dict[str, Any], Path]) -> No
 
 def test_recall_at_k_known_answers() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
-    assert rb.recall_at_k(truth, truth, 4) == 1.0
-    assert rb.recall_at_k(truth[:, ::-1], truth, 4) == 1.0  # order within the top-k does not matter
+    assert indexes.recall_at_k(truth, truth, 4) == 1.0
+    assert indexes.recall_at_k(truth[:, ::-1], truth, 4) == 1.0  # order within the top-k does not matter
     found = np.array([[1, 2, 9, -1], [-1, -1, -1, -1]])  # -1: FAISS found fewer than k
-    assert rb.recall_at_k(found, truth, 4) == pytest.approx((2 / 4 + 0) / 2)
-    assert rb.recall_at_k(truth[::-1], truth, 4) == 0.0  # rows are matched query by query
+    assert indexes.recall_at_k(found, truth, 4) == pytest.approx((2 / 4 + 0) / 2)
+    assert indexes.recall_at_k(truth[::-1], truth, 4) == 0.0  # rows are matched query by query
 
 
 def test_chosen_setting_is_the_cheapest_above_target(run: tuple[dict[str, Any], Path]) -> None:
@@ -77,23 +78,23 @@ def test_chosen_setting_is_the_cheapest_above_target(run: tuple[dict[str, Any], 
 def test_reported_recall_matches_an_independent_computation(run: tuple[dict[str, Any], Path]) -> None:
     result, _ = run
     cfg = result["config"]
-    items, queries = rb.synthetic_catalog(
+    items, queries = indexes.synthetic_catalog(
         cfg["items"], cfg["dim"], cfg["queries"], cfg["clusters"], cfg["seed"]
     )
     truth = numpy_top_k(items, queries, cfg["k"])
     faiss.omp_set_num_threads(1)
     ivf = None
-    for family in rb.FAMILIES:  # ivf first: ivf_sq8 reuses its coarse centroids
+    for family in indexes.FAMILIES:  # ivf first: ivf_sq8 reuses its coarse centroids
         data = result["families"][family]
         point = data["chosen"] or data["sweep"][-1]
         params = data["index_params"]
         if family == "hnsw":
-            index = rb.make_hnsw(items, params["M"], params["efConstruction"])
+            index = indexes.make_hnsw(items, params["M"], params["efConstruction"])
         elif family == "ivf":
-            index = ivf = rb.make_ivf(items, params["nlist"], params["seed"])
+            index = ivf = indexes.make_ivf(items, params["nlist"], params["seed"])
         else:
-            index = rb.make_ivf_sq8(items, ivf)
-        rb.set_knob(index, point[rb.KNOB[family]])
+            index = indexes.make_ivf_sq8(items, ivf)
+        indexes.set_knob(index, point[indexes.KNOB[family]])
         _, found = index.search(queries, cfg["k"])
         recall = np.mean([len(t & set(f.tolist())) / cfg["k"] for t, f in zip(truth, found, strict=True)])
         # IVF builds are deterministic; an HNSW graph built on 2 threads differs a little from run to run.

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runners.triton.backend_model import RequestError, merge, runs, split, validate_request
-from runners.triton.repository import MODEL_PY, README, VARIANTS, RankerMeta, render_config, render_triton
+from runners.triton.repository import MODEL_PY, PRECISIONS, README, RankerMeta, render_config, render_triton
 
 D, N, F = 24, 1000, 18
 TOP_LEVEL_ORDER = [
@@ -36,7 +36,7 @@ def model_dir(tmp_path: Path) -> Path:
     """A stored-model directory; the renderer only copies the ONNX bytes, so stand-in bytes do."""
     d = tmp_path / "stored"
     d.mkdir()
-    for v in VARIANTS:
+    for v in PRECISIONS:
         (d / f"ranker_{v}.onnx").write_bytes(f"onnx bytes of {v}".encode())
     meta = {
         "user_feature_dim": D,
@@ -88,7 +88,7 @@ def test_configs_parse_and_follow_tutorial_order(model_dir: Path, tmp_path: Path
 def test_cpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "repo"
     render_triton(model_dir, out, target="cpu", max_batch_size=32, max_queue_delay_us=700, instances=2)
-    for v in VARIANTS:
+    for v in PRECISIONS:
         cfg = parse(out / f"ranker_{v}" / "config.pbtxt")
         assert cfg.backend == "python" and cfg.platform == ""
         assert cfg.max_batch_size == 32
@@ -108,7 +108,7 @@ def test_cpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
         assert params["intra_op_num_threads"] == "1" and params["n_items"] == str(N)
         assert params["max_candidates_per_run"] == "1024"
         assert params["candidate_feature_dim"] == str(F)
-        assert params["variant"] == v
+        assert params["precision"] == v
         assert not cfg.batch_input and not cfg.batch_output and not cfg.HasField("optimization")
         version = out / f"ranker_{v}" / "1"
         assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.py"]
@@ -121,7 +121,7 @@ def test_gpu_config_fields(model_dir: Path, tmp_path: Path) -> None:
     render_triton(
         model_dir, out, target="gpu", max_batch_size=16, max_candidates=300, preferred_batch_sizes=(8, 16)
     )
-    for v, precision in zip(VARIANTS, ["INT8", "FP16", "FP32"], strict=True):
+    for v, precision in zip(PRECISIONS, ["INT8", "FP16", "FP32"], strict=True):
         cfg = parse(out / f"ranker_{v}" / "config.pbtxt")
         assert cfg.platform == "onnxruntime_onnx" and cfg.backend == ""
         assert cfg.max_batch_size == 16
@@ -219,7 +219,7 @@ def test_committed_configs_are_rendered_from_the_contract() -> None:
     """model_repository/*/config.pbtxt are render_config's output (ML-100K dims, default settings)."""
     repo = Path(__file__).resolve().parents[2] / "model_repository"
     meta = RankerMeta(user_feature_dim=221, n_items=1682, candidate_feature_dim=21)
-    for v in VARIANTS:
+    for v in PRECISIONS:
         assert (repo / f"ranker_{v}" / "config.pbtxt").read_text() == render_config(v, meta), v
     assert (repo / "README.md").read_text() == README
 

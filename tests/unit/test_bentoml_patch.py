@@ -1,27 +1,39 @@
 """The fixes to BentoML and uvicorn: TimeoutMiddleware's timers are cancelled once answered (the
 timeout still works); client errors log one line; forwarded headers are believed only from named
-proxies; a connection that does not send a complete request head in time is closed."""
+proxies; a connection that does not send a complete request head in time is closed. And their guard:
+BentoML pinned to the release they were written against, nothing patched at import, everything when the
+app is built, and an upstream of another shape refused with a clear error, leaving it untouched."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import bentoml
 import pytest
 import uvicorn
 from _bentoml_impl.server.app import ServiceAppFactory
+from bentoml._internal.server.http import traffic
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from pydantic import BaseModel, Field
 from starlette.testclient import TestClient
 
 from runners.platform import bentoml_patch
+from runners.platform.bento_image import FLAVOURS, lock_path, read_lock
 from runners.platform.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -218,3 +230,149 @@ def test_a_slow_body_after_a_complete_head_is_not_cut(head_timeout: float) -> No
     head = [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"]
     closed, answer = asyncio.run(_closed_after(head + [b"x"] * 12, seconds=4))  # 1.3 s of body
     assert closed is not None and closed > 1.2 and answer.startswith(b"HTTP/1.1 200")
+
+
+# ------------------------------------------------------------------------------------------- guard
+def upstream() -> dict[str, Any]:
+    """The upstream objects the fixes replace, and the variable uvicorn reads, as they are now."""
+    from _bentoml_impl.server import app
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return {
+        "timer": traffic.TimeoutMiddleware.__dict__["__call__"],
+        "log": app.log_exception,
+        "docs": app.ServiceAppFactory.__dict__["openapi_spec_view"],
+        **{
+            n: H11Protocol.__dict__[n] for n in ("connection_made", "connection_lost", "on_response_complete")
+        },
+        "FORWARDED_ALLOW_IPS": os.environ.get("FORWARDED_ALLOW_IPS"),
+    }
+
+
+def patched(found: dict[str, Any]) -> dict[str, bool]:
+    return {k: getattr(v, "__folio__", False) for k, v in found.items() if k != "FORWARDED_ALLOW_IPS"}
+
+
+def _fresh_python(code: str) -> str:
+    """Runs ``code`` in a new interpreter at the repository root (nothing patched yet); its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "FORWARDED_ALLOW_IPS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_bentoml_is_pinned_to_the_release_the_fixes_were_written_against() -> None:
+    pinned = bentoml_patch.WRITTEN_AGAINST
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"bentoml=={pinned['bentoml']}" in dependencies
+    for flavour in FLAVOURS:
+        lock = read_lock(lock_path(ROOT, flavour))
+        assert {"bentoml": lock["bentoml"], "uvicorn": lock["uvicorn"]} == pinned
+    assert {d: importlib.metadata.version(d) for d in pinned} == pinned
+    assert bentoml_patch.upstream_problems() == []
+
+
+def test_install_applies_every_fix_and_is_idempotent() -> None:
+    bentoml_patch.install()
+    first = upstream()
+    assert all(patched(first).values())
+    bentoml_patch.install()
+    assert upstream() == first
+    assert bentoml_patch.upstream_problems() == []  # the patched targets are checked as they were
+
+
+def test_importing_the_service_patches_nothing_and_building_its_app_patches_everything() -> None:
+    out = _fresh_python(
+        """
+from runners.serving import fleet
+from tests.unit.test_bentoml_patch import patched, upstream
+
+fleet.primary_tag = lambda settings: "folio:stand-in"  # the app is built, never started: no model needed
+before = upstream()
+assert before["FORWARDED_ALLOW_IPS"] is None and not any(patched(before).values()), before
+import service
+assert upstream() == before, "importing service.py patched upstream"
+app = service.Recommender.to_asgi()  # what the BentoML worker does after importing the service
+after = upstream()
+assert all(patched(after).values()) and after["FORWARDED_ALLOW_IPS"] == "", after
+docs = next(r for r in app.routes if getattr(r, "path", None) == "/docs.json")
+assert docs.endpoint.__func__ is after["docs"], docs.endpoint
+print("checked")
+"""
+    )
+    assert out.strip().endswith("checked")
+
+
+class _NewArgument(TimeoutMiddleware):  # a release whose __call__ takes one more argument
+    async def __call__(self, scope: Any, receive: Any, send: Any, extra: Any = None) -> None:
+        await self.app(scope, receive, send)
+
+
+class _NewBody(TimeoutMiddleware):  # the same signature, another body (which the fix would drop)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+class _NoTimerOut:  # the private method the replacement calls is gone
+    def __init__(self, app: Any, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    ("stand_in", "difference"),
+    [
+        (
+            _NewArgument,
+            "TimeoutMiddleware.__call__: parameters ('self', 'scope', 'receive', 'send', 'extra'), "
+            "expected ('self', 'scope', 'receive', 'send')",
+        ),
+        (_NewBody, "TimeoutMiddleware.__call__: source changed"),
+        (_NoTimerOut, "TimeoutMiddleware._set_timer_out: missing"),
+    ],
+    ids=["new-argument", "new-body", "no-timer-out"],
+)
+def test_a_middleware_of_another_shape_is_refused_loudly_and_left_untouched(
+    stand_in: type, difference: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(traffic, "TimeoutMiddleware", stand_in)  # as another 1.4.x would have it
+    monkeypatch.setattr(bentoml_patch, "installed", {"bentoml": "1.4.41", "uvicorn": "0.54.0"}.get)
+    call = stand_in.__dict__["__call__"]
+    with pytest.raises(bentoml_patch.UpstreamChanged) as refused:
+        bentoml_patch.install()
+    message = str(refused.value)
+    assert "none was applied and the service does not start" in message
+    assert "Found bentoml 1.4.41, uvicorn 0.54.0; the fixes were written against bentoml 1.4.40" in message
+    assert difference in message
+    assert "Install the pinned release (bentoml==1.4.40 in pyproject.toml" in message
+    assert stand_in.__dict__["__call__"] is call
+    assert not bentoml_patch.supported("bentoml", "the /docs.json corrections")  # openapi.install's check
+
+
+def test_a_refused_upstream_is_left_entirely_as_it_was() -> None:
+    out = _fresh_python(
+        """
+from bentoml._internal.server.http import traffic
+from runners.platform import bentoml_patch
+from tests.unit.test_bentoml_patch import upstream
+
+def _set_timer_out(self, waiter, reason): ...
+
+traffic.TimeoutMiddleware._set_timer_out = _set_timer_out  # one target of another shape
+before = upstream()
+try:
+    bentoml_patch.install()
+except bentoml_patch.UpstreamChanged as exc:
+    print(exc)
+else:
+    raise SystemExit("installed on an upstream of another shape")
+assert upstream() == before, "a refused install patched something"
+"""
+    )
+    assert "none was applied" in out
+    assert "_set_timer_out: parameters ('self', 'waiter', 'reason'), expected ('self', 'waiter')" in out

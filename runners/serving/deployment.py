@@ -1,4 +1,4 @@
-"""Model versions in a running service: deploy, hot swap, retire; and the SIGTERM drain.
+"""Model versions in a running service: deploy, hot swap, retire.
 
 A ``Deployment`` is one stored version ready to serve: the loaded artifacts, its ranking stage (its own
 embedded tritonserver, or the external one) and the request pipeline over them. ``deploy`` refuses a
@@ -11,18 +11,15 @@ the old one is closed after a grace period.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
-import signal
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
-from typing import Any
 
 import numpy as np
 
 from models import registry
+from models.version import PRECISIONS
+from runners.platform.memory import freeze_long_lived
 from runners.platform.metrics import ranking_event
 from runners.platform.settings import Settings
 from runners.stages import served_model
@@ -71,11 +68,7 @@ async def deploy(
         await ranking.close()
         raise
     deployment = Deployment(model, ranking, Recommender(settings, model, state, ranking))
-    # The loaded version and every imported module are long-lived: moved out of the collector's reach,
-    # a full collection no longer walks them (without this, full collections still paused the event
-    # loop for up to ~140 ms every ~16 s at 100 RPS, measured with runners/bentoml_fixes installed).
-    # Cost: cyclic garbage already made stays.
-    gc.freeze()
+    freeze_long_lived()  # the loaded version is long-lived: out of the collector's reach
     return deployment
 
 
@@ -86,7 +79,7 @@ async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton:
     rng = np.random.default_rng(0)
     row = rng.standard_normal(model.spec.user_dim).astype(np.float32)
     feats = rng.standard_normal((ids.size, len(model.spec.candidate_features))).astype(np.float32)
-    for precision in ("int8", "fp16", "fp32"):
+    for precision in PRECISIONS:
         result = await ranking.rank(ids, row, feats, precision)
         if result.scores is None or result.scores.shape != ids.shape or not np.isfinite(result.scores).all():
             raise ModelLoadError(f"{model.tag}: the {precision} ranker does not score ({result.fallback})")
@@ -109,29 +102,3 @@ async def retire(old: Deployment, grace_s: float) -> None:
     finally:
         await old.ranking.close()
         log.info("retired %s", old.tag)
-
-
-class Drain:
-    """SIGTERM: readiness turns false at once, the server keeps serving for ``seconds``, then the
-    original handler (uvicorn's graceful shutdown: stop accepting, finish in-flight requests, run the
-    shutdown hooks that stop Triton) takes over. A second SIGTERM skips the wait."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.draining = False
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        original: Any = signal.getsignal(signal.SIGTERM)
-        if not callable(original):
-            return  # not our process to manage (no handler to chain to)
-
-        def on_term(sig: int, frame: FrameType | None) -> None:
-            if self.draining:
-                original(sig, frame)
-                return
-            self.draining = True
-            log.info("SIGTERM: draining for %.1fs (readiness is now false)", self.seconds)
-            handover: Callable[[], None] = lambda: original(sig, frame)  # noqa: E731
-            loop.call_soon_threadsafe(loop.call_later, self.seconds, handover)
-
-        signal.signal(signal.SIGTERM, on_term)
