@@ -9,6 +9,7 @@ ranking stage (the embedded tritonserver, or ``FOLIO_TRITON_URL``). Endpoints on
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections import Counter
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from models import registry
 from runners.http.guard import GuardMiddleware, Runtime
@@ -44,8 +45,8 @@ from runners.platform.bento_image import bento_image
 from runners.platform.drain import Drain
 from runners.platform.settings import load_settings
 from runners.platform.threads import limit_numeric_threads
-from runners.serving.fleet import Fleet, UnknownVariant, primary_tag
-from runners.stages.pipeline import InvalidEvent, UnknownItem, WithdrawnItem
+from runners.serving.fleet import FeedbackRateLimited, Fleet, UnknownVariant, primary_tag
+from runners.stages.pipeline import CachedResult, InvalidEvent, UnknownItem, WithdrawnItem
 from runners.stages.pipeline import Recommender as Pipeline
 from runners.stages.served_model import ModelLoadError
 from runners.state.backends import open_state
@@ -54,6 +55,13 @@ from runners.state.protocol import StateUnavailable
 
 log = logging.getLogger("runners.service")
 RUNTIME = Runtime()
+
+
+def cached_body(hit: CachedResult, request_id: str) -> bytes:
+    """A cached /recommend answer as sent: its per-request fields (schemas.PER_REQUEST_FIELDS) spliced
+    in front of the stored JSON, which is neither parsed nor re-validated."""
+    head = json.dumps({"cached": True, "request_id": request_id, "variant": hit.variant})
+    return f"{head[:-1]},{hit.body[1:]}".encode()
 
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -120,29 +128,25 @@ class Recommender:
     async def recommend(self, request: RecommendRequest, /) -> Any:
         """Top-k books for a user: retrieval, ranking on Triton, then seen-item, diversity and genre rules."""
         try:
-            return await self.fleet.recommend(request, REQUEST_ID.get())
+            result = await self.fleet.recommend(request, REQUEST_ID.get())
         except UnknownVariant as exc:
             return problem(400, str(exc))
+        if isinstance(result, CachedResult):
+            return Response(cached_body(result, REQUEST_ID.get()), media_type="application/json")
+        return result
 
     @bentoml.api(output_spec=SimilarResponse)
     def similar(self, request: SimilarRequest, /) -> Any:
         """Nearest books to a book in the retrieval space (FAISS)."""
         try:
-            items = self.pipeline.similar(request.item_id, request.k)
+            return self.fleet.similar(request.item_id, request.k, REQUEST_ID.get())
         except UnknownItem as exc:
             return problem(404, str(exc))
-        return SimilarResponse(
-            item_id=request.item_id,
-            items=items,
-            model_version=self.model_version,
-            request_id=REQUEST_ID.get(),
-        )
 
     @bentoml.api(output_spec=TrendingResponse)
     async def trending(self, request: TrendingRequest, /) -> Any:
         """Popular books now: training popularity plus feedback, with time decay."""
-        items = await self.pipeline.trending(request.k, request.genre)
-        return TrendingResponse(items=items, model_version=self.model_version, request_id=REQUEST_ID.get())
+        return await self.fleet.trending(request.k, request.genre, REQUEST_ID.get())
 
     @bentoml.api(output_spec=FeedbackResponse)
     async def feedback(self, request: FeedbackEvent, /) -> Any:
@@ -156,14 +160,10 @@ class Recommender:
 
     async def _record(self, events: list[FeedbackEvent]) -> Any:
         try:
-            records = self.pipeline.feedback_events(
-                events, [self.fleet.variant_of(e.user_id) for e in events]
-            )
-            wait = await self.pipeline.user_rate_limit(records)
-            if wait > 0:
-                message = "too much feedback for a user of this request: nothing recorded, retry later"
-                return problem(429, message, {"Retry-After": str(int(wait) + 1)})
-            accepted = await self.pipeline.record(records)
+            return await self.fleet.feedback(events, REQUEST_ID.get())
+        except FeedbackRateLimited as exc:
+            message = "too much feedback for a user of this request: nothing recorded, retry later"
+            return problem(429, message, {"Retry-After": str(int(exc.wait_s) + 1)})
         except UnknownItem as exc:
             return problem(404, str(exc))
         except WithdrawnItem as exc:
@@ -172,28 +172,14 @@ class Recommender:
             return problem(400, str(exc))
         except StateUnavailable:
             return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
-        return FeedbackResponse(
-            accepted=accepted,
-            model_version=self.model_version,
-            durable="redis" if self.state.kind == "redis" else "journal",
-            request_id=REQUEST_ID.get(),
-        )
 
     @bentoml.api(output_spec=ForgetResponse)
     async def forget(self, request: ForgetRequest, /) -> Any:
         """Delete everything Folio holds about a user: history, cached results, rate limits, journal."""
         try:
-            await self.pipeline.forget(request.user_id)
-            for dep in self.fleet.deployments.values():
-                dep.pipeline.cache.l1.drop_user(request.user_id)
+            return await self.fleet.forget(request.user_id, REQUEST_ID.get())
         except StateUnavailable:
             return problem(503, "the state store is unreachable: nothing was deleted, retry later")
-        return ForgetResponse(
-            user_id=request.user_id,
-            forgotten=True,
-            model_version=self.model_version,
-            request_id=REQUEST_ID.get(),
-        )
 
     @bentoml.api
     async def info(self) -> dict[str, Any]:

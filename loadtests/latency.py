@@ -52,14 +52,16 @@ async def in_process(args: argparse.Namespace) -> list[str]:
         try:
             pipeline = Recommender(settings, model, state, ranking)
             for user in users[:50]:  # warm-up
-                await pipeline.recommend(RecommendRequest(user_id=user), args.precision, "warmup")
+                await pipeline.recommend(RecommendRequest(user_id=user), args.precision, "latency", "warmup")
             rows: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
             fallbacks = set()
             for user in users[50 : 50 + args.requests]:
                 trace: dict[str, float] = {}
                 STAGE_TRACE.set(trace)
                 start = time.perf_counter()
-                response = await pipeline.recommend(RecommendRequest(user_id=user), args.precision, "latency")
+                response = await pipeline.recommend(
+                    RecommendRequest(user_id=user), args.precision, "latency", "latency"
+                )
                 rows["total"].append(time.perf_counter() - start)
                 fallbacks.add(response.fallback if isinstance(response, RecommendResponse) else "cached")
                 for s in STAGES:

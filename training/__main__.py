@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,13 +19,14 @@ from runners.state.feedback_log import open_log
 from runners.triton.repository import TARGETS, render_triton
 from training import catalog_cli
 from training.ablation import write_ablation
-from training.artifacts import version_run
+from training.artifacts import save_run, version_run, write_run
 from training.catalog_changes import apply_catalog_changes, configured_catalog_state
 from training.dataset import Dataset
 from training.experiment import RunResult, TrainConfig, run
 from training.feedback import ExportResult, apply_feedback, export_feedback, exported_files, read_feedback
 from training.fetch import DATASETS, default_data_dir, fetch
 from training.loaders import load_dataset
+from training.promotion import verdict
 from training.refit import refit_on_all
 from training.report import evaluate_seeds, write_report
 from training.retrain import GateConfig, retrain
@@ -129,13 +129,12 @@ def _train_and_refit(args: argparse.Namespace) -> RunResult:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train one seed, refit it on every interaction, and keep the run (pickled) for ``export``."""
+    """Train one seed, refit it on every interaction, and write its version directory for ``export``."""
     result = _train_and_refit(args)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.run_dir / "run.pkl", "wb") as f:
-        pickle.dump(result, f)
+    out = write_run(result, args.run_dir, _git_commit())
     print(json.dumps({k: v["ndcg@10"] for k, v in result.test.items()}, indent=1))
-    print(f"run saved to {args.run_dir}")
+    print(f"version directory written to {out}; `python -m training export` saves it in the model store")
 
 
 def _version(result: RunResult) -> str:
@@ -145,10 +144,8 @@ def _version(result: RunResult) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """Export a trained run (ONNX FP32/FP16/INT8 with parity checks) and version it in the store."""
-    with open(args.run_dir / "run.pkl", "rb") as f:
-        result: RunResult = pickle.load(f)
-    _version(result)
+    """Save the version directory ``train`` wrote (rankers exported and parity-checked) in the store."""
+    print(f"saved {save_run(args.run_dir).tag}")
 
 
 def cmd_main(args: argparse.Namespace) -> None:
@@ -156,8 +153,13 @@ def cmd_main(args: argparse.Namespace) -> None:
     if args.dataset in DATASETS:
         fetch(args.dataset, args.data_dir)
     tag = _version(_train_and_refit(args))
+    promote, why = verdict(registry.get(tag), registry.production())
+    if not promote and not args.force:
+        print(f"not promoted: {why}; {tag} stays a candidate (--force promotes it anyway)")
+        return
     render_triton(Path(registry.promote(tag).path), args.out)
-    print(f"promoted {tag}; Triton repository rendered in {args.out}")
+    forced = "" if promote else ", forced"
+    print(f"promoted {tag} ({why}{forced}); Triton repository rendered in {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -269,13 +271,16 @@ def parser() -> argparse.ArgumentParser:
     catalog_changes(s)
     s.add_argument("--run-dir", type=Path, default=run_dir)
     s.set_defaults(func=cmd_train)
-    s = sub.add_parser("export", help="ONNX FP32/FP16/INT8 export, parity checks, save to the model store")
+    s = sub.add_parser("export", help="save the version directory `train` wrote in the model store")
     s.add_argument("--run-dir", type=Path, default=run_dir)
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("main", help="fetch, train, export, version, promote and render Triton in one go")
     training(s)
     catalog_changes(s)
     s.add_argument("--out", type=Path, default=REPO / "model_repository")
+    s.add_argument(
+        "--force", action="store_true", help="promote even when production's test NDCG@10 is higher"
+    )
     s.set_defaults(func=cmd_main)
     s = sub.add_parser("retrain", help="scheduled: pull feedback + catalog changes, train, gate, promote")
     training(s)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,9 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     content.save(writer.path(version.CONTENT))
     run.item_item.save(writer.path(version.ITEM_ITEM))
     queries = run.test_candidates.features[:, : run.spec.retrieval_dim]
-    report = index_report(run.weights.item_vectors, queries)
-    faiss.write_index(build_index(run.weights.item_vectors), str(writer.path(version.INDEX)))
+    index = build_index(run.weights.item_vectors)  # built once: served and reported
+    faiss.write_index(index, str(writer.path(version.INDEX)))
+    report = index_report(index, run.weights.item_vectors, queries)
     paths = export_all(run.ranker, out, run.ranker_train)
     parity = check_parity(
         paths,
@@ -102,27 +105,50 @@ def write_artifacts(run: RunResult, out: Path) -> tuple[Parity, dict[str, Any]]:
     return parity, report
 
 
+SAVE_FILE = "save.json"  # next to a run's version directory: the labels and metadata it is saved with
+
+
+def write_run(run: RunResult, run_dir: Path, git_commit: str) -> Path:
+    """``train``'s hand-off: the run's complete version directory (``run_dir/version``) and what the
+    model store saves it with (``run_dir/save.json``); ``save_run`` versions it. Returns the directory."""
+    out = run_dir / "version"
+    if out.exists():
+        shutil.rmtree(out)
+    parity, index = write_artifacts(run, out)
+    ds = run.dataset
+    save = {
+        "labels": {"dataset": ds.name},
+        "metadata": {
+            "dataset": ds.name,
+            "source": ds.source,
+            "seed": run.seed,
+            "git_commit": git_commit,
+            "test": run.test,
+            "valid": run.valid,
+            "tuned": run.tuned,
+            "parity": parity.to_json(),
+            "index": index,
+            "seconds": run.seconds,
+            "refit": run.refit or {},  # empty: the selection run itself was saved
+            "n_items": len(ds.catalog),
+            "n_users": ds.interactions.n_users,
+        },
+    }
+    (run_dir / SAVE_FILE).write_text(json.dumps(save, indent=1))
+    return out
+
+
+def save_run(run_dir: Path) -> bentoml.Model:
+    """Version a directory ``write_run`` wrote as a new ``folio`` version (stage=candidate)."""
+    path = run_dir / SAVE_FILE
+    if not path.is_file():
+        raise registry.StoreError(f"{path} not found: run `python -m training train` first")
+    save = json.loads(path.read_text())
+    return registry.save(run_dir / "version", labels=save["labels"], metadata=save["metadata"])
+
+
 def version_run(run: RunResult, git_commit: str) -> bentoml.Model:
     """Write the artifacts of ``run`` and save them as a new ``folio`` version (stage=candidate)."""
     with tempfile.TemporaryDirectory() as tmp:
-        parity, index = write_artifacts(run, Path(tmp))
-        ds = run.dataset
-        return registry.save(
-            Path(tmp),
-            labels={"dataset": ds.name},
-            metadata={
-                "dataset": ds.name,
-                "source": ds.source,
-                "seed": run.seed,
-                "git_commit": git_commit,
-                "test": run.test,
-                "valid": run.valid,
-                "tuned": run.tuned,
-                "parity": parity.to_json(),
-                "index": index,
-                "seconds": run.seconds,
-                "refit": run.refit or {},  # empty: the selection run itself was saved
-                "n_items": len(ds.catalog),
-                "n_users": ds.interactions.n_users,
-            },
-        )
+        write_run(run, Path(tmp), git_commit)
+        return save_run(Path(tmp))

@@ -153,7 +153,7 @@ async def _served_quality(
             pipeline.set_catalog(catalog)
             for user in users:
                 req = RecommendRequest(user_id=user, k=K, exclude_seen=True)
-                response = await pipeline.compute(req, settings.precision, "retrain-gate")
+                response = await pipeline.compute(req, settings.precision, "retrain-gate", "retrain-gate")
                 ranks.append([item.item_id for item in response.items])
         finally:
             await ranking.close()

@@ -61,12 +61,17 @@ class Item(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[Item]
     model_version: str
-    variant: str = "default"
+    variant: str  # the A/B variant that served the user
     precision: str
     cold_start: bool
     fallback: Fallback
     cached: bool
     request_id: str
+
+
+# The fields of a /recommend answer that belong to the request, not to the recommendation: a cached
+# answer is stored without them and served with them prepended (service.py).
+PER_REQUEST_FIELDS = {"cached", "request_id", "variant"}
 
 
 class SimilarRequest(_Strict):

@@ -23,14 +23,21 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.responses import Response
-
 from models import registry
 from models.version import PRECISIONS
-from runners.http.schemas import RecommendRequest, RecommendResponse
+from runners.http.schemas import (
+    FeedbackEvent,
+    FeedbackResponse,
+    ForgetResponse,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarResponse,
+    TrendingResponse,
+)
 from runners.platform.metrics import (
     CATALOG_REVISION,
     CATALOG_WITHDRAWN,
@@ -48,7 +55,7 @@ from runners.serving.variants import PRODUCTION, Assigner, Variant, VariantConfi
 from runners.stages import served_model
 from runners.stages.pipeline import CachedResult, UnknownItem
 from runners.state.catalog import CatalogChange, CatalogLog, CatalogState
-from runners.state.protocol import StateStore, StateUnavailable
+from runners.state.protocol import Event, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 AGE_REPORT_S = 5.0  # how often folio_model_age_seconds is refreshed
@@ -57,6 +64,14 @@ RELOAD_KEY = "admin_reload"  # shared: {"tag": version asked for, "production": 
 
 class UnknownVariant(ValueError):
     pass
+
+
+class FeedbackRateLimited(Exception):
+    """A user of the feedback sent more than their budget: nothing recorded."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"retry in {wait_s:.1f} s")
+        self.wait_s = wait_s
 
 
 def primary_tag(settings: Settings) -> str:
@@ -132,30 +147,73 @@ class Fleet:
             raise UnknownVariant(f"variant must be one of {names}, not {requested!r}")
         return named, named.precision
 
-    def variant_of(self, user_id: str) -> str:
-        return self.assigner.assign(user_id).name
-
-    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse | Response:
-        """The response model, or for a cache hit the ready JSON body (shadows score misses only)."""
+    # ---------------------------------------------------------------- endpoints
+    async def recommend(self, req: RecommendRequest, request_id: str) -> RecommendResponse | CachedResult:
+        """The user's variant's answer: computed, or a cache hit kept as its stored JSON (shadows score
+        misses only)."""
         variant, precision = self.route(req.user_id, req.variant)
         start = time.perf_counter()
-        result = await self.deployments[variant.model].pipeline.recommend(req, precision, request_id)
+        pipeline = self.deployments[variant.model].pipeline
+        result = await pipeline.recommend(req, precision, variant.name, request_id)
         VARIANT_SECONDS.labels(variant=variant.name).observe(time.perf_counter() - start)
         VARIANT_REQUESTS.labels(variant=variant.name).inc()
         if isinstance(result, CachedResult):
             VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(result.n_items)
-            return Response(result.render(request_id, variant.name), media_type="application/json")
-        result.variant = variant.name
+            return result
         VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(len(result.items))
         for shadow in self.config.shadows:
             if self.assigner.sampled_for_shadow(request_id):
                 self._background(self._shadow(shadow, req, result))
         return result
 
+    def similar(self, item_id: str, k: int, request_id: str) -> SimilarResponse:
+        """Nearest books in the primary deployment (raises UnknownItem)."""
+        items = self.primary.pipeline.similar(item_id, k)
+        return SimilarResponse(
+            item_id=item_id, items=items, model_version=self.primary.tag, request_id=request_id
+        )
+
+    async def trending(self, k: int, genre: str | None, request_id: str) -> TrendingResponse:
+        items = await self.primary.pipeline.trending(k, genre)
+        return TrendingResponse(items=items, model_version=self.primary.tag, request_id=request_id)
+
+    async def feedback(self, events: Sequence[FeedbackEvent], request_id: str) -> FeedbackResponse:
+        """Validate each event against the catalog of the deployment serving its user, charge the users'
+        budgets, then record all (raises UnknownItem, WithdrawnItem, InvalidEvent, FeedbackRateLimited or
+        StateUnavailable, with nothing written)."""
+        variants = [self.assigner.assign(e.user_id) for e in events]
+        records: list[Event] = []
+        for model in dict.fromkeys(v.model for v in variants):
+            mine = [(e, v.name) for e, v in zip(events, variants, strict=True) if v.model == model]
+            pipeline = self.deployments[model].pipeline
+            records += pipeline.feedback_events([e for e, _ in mine], [name for _, name in mine])
+        primary = self.primary.pipeline
+        wait = await primary.user_rate_limit(records)
+        if wait > 0:
+            raise FeedbackRateLimited(wait)
+        accepted = await primary.record(records)
+        return FeedbackResponse(
+            accepted=accepted,
+            model_version=self.primary.tag,
+            durable="redis" if self.state.kind == "redis" else "journal",
+            request_id=request_id,
+        )
+
+    async def forget(self, user_id: str, request_id: str) -> ForgetResponse:
+        """Delete the user from the state store (raises StateUnavailable with nothing deleted), then from
+        every deployment's in-process cache."""
+        await self.state.forget(user_id)
+        for dep in self.deployments.values():
+            dep.pipeline.cache.l1.drop_user(user_id)
+        log.info("forgot a user (right to be forgotten)")
+        return ForgetResponse(
+            user_id=user_id, forgotten=True, model_version=self.primary.tag, request_id=request_id
+        )
+
     async def _shadow(self, shadow: Variant, req: RecommendRequest, served: RecommendResponse) -> None:
         try:
             pipeline = self.deployments[shadow.model].pipeline
-            theirs = await pipeline.compute(req, shadow.precision, "shadow")
+            theirs = await pipeline.compute(req, shadow.precision, shadow.name, "shadow")
         except Exception:  # a shadow never affects serving
             log.exception("shadow variant %s failed", shadow.name)
             return

@@ -60,15 +60,8 @@ class ResultCache:
         self.state, self.model_version, self.ttl_s = state, model_version, ttl_s
         self.l1 = TTLCache(max_size, ttl_s)
 
-    async def generation(self, user_id: str) -> int | None:
-        """The user's generation, or None when the store is down (then nothing is cached)."""
-        try:
-            return await self.state.generation(user_id)
-        except StateUnavailable:
-            STATE_ERRORS.labels(op="generation").inc()
-            return None
-
     async def get(self, user_id: str, generation: int | None, params: str) -> str | None:
+        """The cached answer for the user at ``generation`` (None: the store is down, nothing cached)."""
         if generation is None or self.ttl_s <= 0:
             return None
         key = (self.model_version, user_id, generation, params)

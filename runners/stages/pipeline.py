@@ -21,7 +21,7 @@ import numpy as np
 from models.candidates import rating_weight
 from models.diversity import diversify
 from models.events import POSITIVE_RATING, TRENDING_WEIGHTS, event_rating
-from runners.http.schemas import FeedbackEvent, Item, RecommendRequest, RecommendResponse
+from runners.http.schemas import PER_REQUEST_FIELDS, FeedbackEvent, Item, RecommendRequest, RecommendResponse
 from runners.platform.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
 from runners.platform.settings import Settings
 from runners.stages import rules
@@ -31,7 +31,7 @@ from runners.stages.ranking import RankingStage
 from runners.stages.retrieval import Candidates, RetrievalStage
 from runners.stages.served_model import ServedModel
 from runners.state.catalog import Book, CatalogState, CatalogView
-from runners.state.protocol import Event, StateStore, StateUnavailable
+from runners.state.protocol import Event, StateStore, StateUnavailable, UserSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,14 @@ def cache_params(req: RecommendRequest, precision: str, catalog_revision: int) -
     return hashlib.blake2b(params.encode(), digest_size=16).hexdigest()
 
 
-PER_REQUEST_FIELDS = {"cached", "request_id", "variant"}
-
-
 @dataclass(frozen=True)
 class CachedResult:
-    """A cache hit kept as the stored JSON (the response without its per-request fields): the hot
-    path neither parses nor re-validates it, it only prepends those fields."""
+    """A cache hit kept as the stored JSON: the response without its per-request fields
+    (schemas.PER_REQUEST_FIELDS), which service.py prepends; the hot path neither parses nor re-validates
+    it."""
 
     body: str
-
-    def render(self, request_id: str, variant: str) -> bytes:
-        head = json.dumps({"cached": True, "request_id": request_id, "variant": variant})
-        return f"{head[:-1]},{self.body[1:]}".encode()
+    variant: str
 
     @property
     def n_items(self) -> int:
@@ -131,15 +126,21 @@ class Recommender:
             raise UnknownItem(f"unknown item_id {item_id!r}: not in the catalog of {self.model.tag}")
         return pos
 
-    async def user_state(self, user_id: str) -> UserState:
+    async def read_user(self, user_id: str) -> UserSnapshot | None:
+        """The user's generation, forgotten flag and feedback in one state-store call (None: it is down)."""
+        try:
+            return await self.state.snapshot(user_id)
+        except StateUnavailable:
+            STATE_ERRORS.labels(op="user").inc()
+            return None
+
+    def user_state(self, user_id: str, snapshot: UserSnapshot | None) -> UserState:
+        """The user's history: training history (unless forgotten) plus the feedback of ``snapshot``
+        (None: the store was unreachable, training history only)."""
         with timed("history"):
-            try:
-                forgotten = await self.state.is_forgotten(user_id)
-                events = await self.state.history(user_id)
-                degraded = False
-            except StateUnavailable:
-                STATE_ERRORS.labels(op="history").inc()
-                forgotten, events, degraded = False, [], True
+            forgotten = snapshot is not None and snapshot.forgotten
+            events = snapshot.events if snapshot is not None else []
+            degraded = snapshot is None
             train = None if forgotten else self.model.train_histories.get(user_id)
             weight: dict[int, float] = {}  # insertion order: oldest first
             if train is not None:
@@ -178,23 +179,33 @@ class Recommender:
         return scores
 
     async def recommend(
-        self, req: RecommendRequest, precision: str, request_id: str
+        self, req: RecommendRequest, precision: str, variant: str, request_id: str
     ) -> RecommendResponse | CachedResult:
         params = cache_params(req, precision, self.catalog.revision)
         with timed("cache"):
-            generation = await self.cache.generation(req.user_id)
+            snapshot = await self.read_user(req.user_id)
+            generation = snapshot.generation if snapshot is not None else None
             hit = await self.cache.get(req.user_id, generation, params)
         if hit is not None:
-            return CachedResult(hit)
-        response = await self.compute(req, precision, request_id)
+            return CachedResult(hit, variant)
+        response = await self.compute(req, precision, variant, request_id, snapshot)
         if response.fallback == "none":  # fallbacks are not cached: recovery shows at once
             body = response.model_dump_json(exclude=PER_REQUEST_FIELDS)
             await self.cache.put(req.user_id, generation, params, body)
         return response
 
-    async def compute(self, req: RecommendRequest, precision: str, request_id: str) -> RecommendResponse:
-        """The recommendation, bypassing the result cache."""
-        user = await self.user_state(req.user_id)
+    async def compute(
+        self,
+        req: RecommendRequest,
+        precision: str,
+        variant: str,
+        request_id: str,
+        snapshot: UserSnapshot | None = None,
+    ) -> RecommendResponse:
+        """The recommendation, bypassing the result cache (``snapshot``: the user as already read)."""
+        if snapshot is None:
+            snapshot = await self.read_user(req.user_id)
+        user = self.user_state(req.user_id, snapshot)
         mask = rules.genre_mask(self.model, req.genres)
         excluded = np.zeros(self.model.n_items, dtype=bool)
         if req.exclude_seen:
@@ -242,6 +253,7 @@ class Recommender:
         return RecommendResponse(
             items=items,
             model_version=self.model.tag,
+            variant=variant,
             precision=precision,
             cold_start=cold,
             fallback=fallback,
@@ -366,8 +378,3 @@ class Recommender:
         except StateUnavailable:
             STATE_ERRORS.labels(op="rate_limit").inc()
             return 0.0
-
-    async def forget(self, user_id: str) -> None:
-        await self.state.forget(user_id)
-        self.cache.l1.drop_user(user_id)
-        log.info("forgot a user (right to be forgotten)")

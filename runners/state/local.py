@@ -30,6 +30,7 @@ from runners.state.journal import (
 from runners.state.protocol import (
     MAX_ID_CHARS,
     Event,
+    UserSnapshot,
     check_bucket,
     check_events,
     decayed,
@@ -278,6 +279,13 @@ class LocalState:
             await self._compactor
 
     # ----------------------------------------------------------------- reads
+    async def snapshot(self, user_id: str) -> UserSnapshot:
+        return UserSnapshot(
+            await self.generation(user_id),
+            await self.is_forgotten(user_id),
+            list(self._hist.get(user_id, ())),
+        )
+
     async def history(self, user_id: str) -> list[Event]:
         return list(self._hist.get(user_id, ()))
 

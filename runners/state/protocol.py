@@ -38,9 +38,10 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
 
 from models.events import EVENTS, EventName
 
@@ -94,10 +95,27 @@ class StateUnavailable(RuntimeError):
     """The backing store (Redis) cannot be reached; the message names the URL (never a password)."""
 
 
+@dataclass
+class UserSnapshot:
+    """What a request needs of a user, read in one call (one Redis round trip): the cache generation
+    (as ``generation``), whether the user is forgotten (as ``is_forgotten``) and the feedback history
+    (as ``history``), whose rows are parsed only when read: a cache hit never reads them."""
+
+    generation: int
+    forgotten: bool
+    rows: Sequence[Any]
+    parse: Callable[[Any], Event] = field(default=lambda row: row)
+
+    @cached_property
+    def events(self) -> list[Event]:
+        return [self.parse(r) for r in self.rows]
+
+
 class StateStore(Protocol):
     kind: str
 
     async def append_events(self, events: Sequence[Event], weights: Sequence[float]) -> None: ...
+    async def snapshot(self, user_id: str) -> UserSnapshot: ...
     async def history(self, user_id: str) -> list[Event]: ...
     async def generation(self, user_id: str) -> int: ...
     async def cache_get(self, user_id: str, field: str) -> str | None: ...

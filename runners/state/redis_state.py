@@ -49,6 +49,7 @@ from redis.exceptions import RedisError
 from runners.state.protocol import (
     Event,
     StateUnavailable,
+    UserSnapshot,
     check_bucket,
     check_events,
     decayed,
@@ -179,6 +180,17 @@ class RedisState:
                     p.delete(self._k("cache", u))
                     p.srem(self._k("forgotten", "k"), keys[u])
                 await p.execute()
+
+    async def snapshot(self, user_id: str) -> UserSnapshot:
+        key = await self.user_key(user_id)
+        with self._guard():
+            async with self._r.pipeline(transaction=False) as p:
+                p.get(self._k("gen", user_id))
+                p.sismember(self._k("forgotten", "k"), key)
+                p.lrange(self._k("hist", user_id), 0, -1)
+                g, forgotten, rows = await p.execute()
+        generation = int(g) if g is not None else (-1 if forgotten else 0)
+        return UserSnapshot(generation, bool(forgotten), rows, Event.from_json)
 
     async def history(self, user_id: str) -> list[Event]:
         with self._guard():

@@ -89,6 +89,25 @@ class StoreContract:
 
         use(backend, body)
 
+    def test_snapshot_is_generation_forgotten_and_history_in_one_read(self, backend: Backend) -> None:
+        async def expect_consistent(s: StateStore, user: str) -> None:
+            snap = await s.snapshot(user)
+            want = (await s.generation(user), await s.is_forgotten(user), await s.history(user))
+            assert (snap.generation, snap.forgotten, snap.events) == want
+
+        async def body(s: StateStore) -> None:
+            await expect_consistent(s, ALICE)  # never seen: 0, not forgotten, no history
+            await s.append_events([ev(ALICE, "book-1", T0), ev(ALICE, "book-2", T0 + 1)], [1.0, 1.0])
+            await expect_consistent(s, ALICE)
+            assert [e.item_id for e in (await s.snapshot(ALICE)).events] == ["book-1", "book-2"]
+            await s.forget(ALICE)
+            snap = await s.snapshot(ALICE)
+            assert (snap.generation, snap.forgotten, snap.events) == (-1, True, [])
+            await s.append_events([ev(ALICE, "book-3", T0 + 2)], [1.0])
+            await expect_consistent(s, ALICE)
+
+        use(backend, body)
+
     def test_cache_put_get_expiry_and_invalidation(self, backend: Backend) -> None:
         async def body(s: StateStore) -> None:
             assert await s.cache_get(ALICE, "top10") is None
