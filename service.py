@@ -84,6 +84,9 @@ class Recommender:
 
     def __init__(self) -> None:
         configure_logging()
+        # The class-level version is the one the first variant serves, unless FOLIO_MODEL_STORE names a
+        # shared store whose production version this service follows instead (deploy/README.md).
+        packed = None if os.environ.get(registry.MODEL_STORE_ENV) else self.stored_model
         registry.use_configured_store()  # FOLIO_MODEL_STORE: versions come from a shared store from here on
         self.settings = load_settings()
         limit_numeric_threads(self.settings.numeric_threads)
@@ -95,7 +98,7 @@ class Recommender:
             hash_key=key.get_secret_value().encode() if (key := self.settings.user_hash_key) else None,
         )
         self.catalog = open_catalog(self.state, self.settings.state_dir / "catalog.jsonl")
-        self.fleet = Fleet(self.settings, self.state, self.catalog)
+        self.fleet = Fleet(self.settings, self.state, self.catalog, packed)
         self.drain = Drain(self.settings.drain_s)
         RUNTIME.settings, RUNTIME.state = self.settings, self.state
         RUNTIME.digests = [d.encode() for d in self.settings.api_keys]

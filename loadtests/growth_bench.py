@@ -38,7 +38,7 @@ from loadtests.harness.openloop import open_loop
 from loadtests.harness.process_tree import MemorySampler
 from loadtests.harness.report import figure, save
 from loadtests.synthetic_model import build_synthetic_version, find_synthetic_version
-from models import registry
+from models import registry, version
 from runners.platform.processes import ROOT, ServedFolio
 
 log = logging.getLogger("loadtests.growth_bench")
@@ -112,7 +112,7 @@ def trained_version(tag: str) -> tuple[str, dict[str, Any]]:
         "build_s": round(float(sum((meta.get("seconds") or {}).values())), 1),
         "index": index.get("kind"),
         "index_recall@10": index.get("recall@10_vs_exact"),
-        "onnx_mb": {v: round((path / f"ranker_{v}.onnx").stat().st_size / 2**20, 1) for v in ("int8",)},
+        "onnx_mb": {"int8": round((path / version.ranker_file("int8")).stat().st_size / 2**20, 1)},
         "store_mb": round(sum(f.stat().st_size for f in path.iterdir()) / 2**20, 1),
     }
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.version import PRECISIONS
 from runners.http.schemas import RecommendRequest, RecommendResponse
 from runners.platform.metrics import STAGE_TRACE
 from runners.platform.settings import Settings
@@ -97,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--tag", default=None, help="model store tag (default: production)")
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--precision", default="int8", choices=("int8", "fp16", "fp32"))
+    parser.add_argument("--precision", default="int8", choices=PRECISIONS)
     parser.add_argument("--url", default=None, help="also time these requests against a running service")
     args = parser.parse_args()
     users = asyncio.run(in_process(args))

@@ -72,7 +72,7 @@ from models.user_encoder import RetrievalWeights
 from training.export import ParityError, check_parity, export_all
 from training.index import EXACT_MAX_ITEMS, build_index, index_kind, recall_at_k
 from training.item_item import EASE_MAX_ITEMS
-from training.pipeline import Candidates, histories, listwise_loss, retrieve
+from training.pipeline import CandidateBatch, histories, listwise_loss, retrieve
 from training.protocol import Fold
 
 log = logging.getLogger(__name__)
@@ -289,14 +289,14 @@ def _weights(
 
 def _retrieve(
     weights, tables, item_item, history, seen, users: np.ndarray, n: int, chunk: int = 64
-) -> Candidates:
+) -> CandidateBatch:
     """training.pipeline.retrieve in user chunks (its score matrix is [users, n_items]); ``history``
     holds rating weights."""
     parts = [
         retrieve(weights, tables, item_item, history, seen, users[s : s + chunk], n)
         for s in range(0, users.size, chunk)
     ]
-    return Candidates(
+    return CandidateBatch(
         np.concatenate([p.users for p in parts]),
         np.concatenate([p.items for p in parts]),
         np.concatenate([p.features for p in parts]),
@@ -305,7 +305,7 @@ def _retrieve(
 
 
 def _fit_ranker(
-    ranker: Ranker, cands: Candidates, target: sp.csr_matrix, seed: int, steps: int
+    ranker: Ranker, cands: CandidateBatch, target: sp.csr_matrix, seed: int, steps: int
 ) -> float | None:
     """Fit the feature normalizer, then ``steps`` listwise softmax steps (training.pipeline.train_ranker's
     loss); returns the last loss (None without steps)."""
@@ -432,7 +432,7 @@ def write_synthetic_artifacts(
     parity_users = np.sort(users[:n_parity])
     fit_users = np.sort(users[n_parity : n_parity + 1024]) if n_users > n_parity else parity_users
 
-    def cands(seen: sp.csr_matrix, users: np.ndarray) -> Candidates:
+    def cands(seen: sp.csr_matrix, users: np.ndarray) -> CandidateBatch:
         return _retrieve(weights, tables, item_item, train_rated, seen, users, CANDIDATES)
 
     fit_c, valid_c, test_c = (

@@ -76,6 +76,9 @@ from loadtests.triton.model import (
     request_pool,
 )
 from loadtests.triton.report import markdown, plot, verdict
+from runners.triton.repository import model_name
+
+INT8 = model_name("int8")
 
 ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["PRECISIONS", "main", "parse_args", "run"]
@@ -126,7 +129,7 @@ async def _scenarios(
     closed = {"seconds": seconds, "warmup_s": warmup, "per_user_clients": args.per_user_clients}
 
     # Scenario 2 and the batching-on half of scenario 3: the service's rendering, all three variants.
-    models = [f"ranker_{v}" for v in PRECISIONS]
+    models = [model_name(v) for v in PRECISIONS]
     with serving(model_dir, work, "service", SERVICE_CONFIG, models) as server:
         url = server.grpc_url
         out["server_startup_s"] = server.startup_s
@@ -137,12 +140,12 @@ async def _scenarios(
             await warm(url, m, pool)
         saturation = {}
         for v in PRECISIONS:
-            saturation[v] = await closed_loop(url, server, f"ranker_{v}", pool, args.users, **closed)
+            saturation[v] = await closed_loop(url, server, model_name(v), pool, args.users, **closed)
         slowest = min(r["rps"] for r in saturation.values())
         rate = float(args.rate) if args.rate else max(1.0, round(args.rate_fraction * slowest))
         fixed = {}
         for v in PRECISIONS:
-            fixed[v] = await open_loop(url, server, f"ranker_{v}", pool, rate, seconds, warmup, args.seed)
+            fixed[v] = await open_loop(url, server, model_name(v), pool, rate, seconds, warmup, args.seed)
         out["precision"] = {"saturation": saturation, "fixed_load": fixed, "offered_rps": rate}
 
         on = {}
@@ -151,12 +154,12 @@ async def _scenarios(
                 on[str(users)] = saturation["int8"]
             else:
                 on[str(users)] = await closed_loop(
-                    url, server, "ranker_int8", pool, users, seconds, warmup, per_user_clients=False
+                    url, server, INT8, pool, users, seconds, warmup, per_user_clients=False
                 )
         generator = {
             "shared": on["64"],
             "per_user": await closed_loop(
-                url, server, "ranker_int8", pool, 64, seconds, warmup, per_user_clients=True
+                url, server, INT8, pool, 64, seconds, warmup, per_user_clients=True
             ),
         }
         payload = {}
@@ -165,7 +168,7 @@ async def _scenarios(
                 p = request_pool(model_dir, args.pool, n, seed=args.seed)
                 payload[str(n)] = {
                     "mean_candidates": p.mean_candidates,
-                    **(await closed_loop(url, server, "ranker_int8", p, 64, seconds, warmup, False)),
+                    **(await closed_loop(url, server, INT8, p, 64, seconds, warmup, False)),
                 }
             payload[str(args.candidates)] = {"mean_candidates": pool.mean_candidates, **on["64"]}
     out["generator"] = generator
@@ -176,18 +179,18 @@ async def _scenarios(
         for m in models:
             await warm(server.grpc_url, m, pool)
         out["precision"]["saturation_tuned"] = {
-            v: await closed_loop(server.grpc_url, server, f"ranker_{v}", pool, args.users, **closed)
+            v: await closed_loop(server.grpc_url, server, model_name(v), pool, args.users, **closed)
             for v in PRECISIONS
         }
         out["precision"]["tuned_config"] = LEVERS[TUNED]
 
     # Batching off: the same rendering without the dynamic_batching block.
     off_config = {**SERVICE_CONFIG, "dynamic_batching": False}
-    with serving(model_dir, work, "off", off_config, ["ranker_int8"]) as server:
-        await warm(server.grpc_url, "ranker_int8", pool)
+    with serving(model_dir, work, "off", off_config, [INT8]) as server:
+        await warm(server.grpc_url, INT8, pool)
         off = {
             str(users): await closed_loop(
-                server.grpc_url, server, "ranker_int8", pool, users, seconds, warmup, per_user_clients=False
+                server.grpc_url, server, INT8, pool, users, seconds, warmup, per_user_clients=False
             )
             for users in (32, 64)
         }
@@ -197,9 +200,9 @@ async def _scenarios(
     names = list(LEVERS) if args.levers == ["all"] else [n for n in args.levers if n in LEVERS]
     for name in names:
         config = {**SERVICE_CONFIG, **LEVERS[name]}
-        with serving(model_dir, work, name, config, ["ranker_int8"]) as server:
-            await warm(server.grpc_url, "ranker_int8", pool)
-            res = await closed_loop(server.grpc_url, server, "ranker_int8", pool, 64, seconds, warmup, False)
+        with serving(model_dir, work, name, config, [INT8]) as server:
+            await warm(server.grpc_url, INT8, pool)
+            res = await closed_loop(server.grpc_url, server, INT8, pool, 64, seconds, warmup, False)
         lever_config = {k: list(v) if isinstance(v, tuple) else v for k, v in LEVERS[name].items()}
         levers[name] = {"config": lever_config, **res}
     out["levers"] = levers

@@ -5,4 +5,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ruff check .
 ruff format --check .
 mypy
-python -m pytest -W ignore::DeprecationWarning "$@"
+# --cov: the coverage table (files below 100 %) and its TOTAL, failing under [tool.coverage.report] fail_under
+python -m pytest -W ignore::DeprecationWarning --cov --cov-report=term "$@"

@@ -32,7 +32,7 @@ from models.item_item import user_scores
 from training.dataset import Dataset
 from training.experiment import RunResult, TrainConfig, run
 from training.metrics import evaluate_scores
-from training.pipeline import Candidates, evaluate_pipeline, histories, torch_rank_fn, train_ranker
+from training.pipeline import CandidateBatch, evaluate_pipeline, histories, torch_rank_fn, train_ranker
 from training.protocol import Fold
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,12 @@ DEFAULT_ROW = "+ extra ranker folds (the default pipeline)"
 COST_USERS = 300
 
 
-def masked(c: Candidates, feature_names: tuple[str, ...], sources: tuple[str, ...]) -> Candidates:
+def masked(c: CandidateBatch, feature_names: tuple[str, ...], sources: tuple[str, ...]) -> CandidateBatch:
     """``c`` with the candidate features of every source outside ``sources`` set to 0."""
     keep = np.array([name.split(".")[0] in sources for name in feature_names])
     feats = c.cand_features.copy()
     feats[..., ~keep] = 0.0
-    return Candidates(c.users, c.items, c.features, feats)
+    return CandidateBatch(c.users, c.items, c.features, feats)
 
 
 def _source_alone(m: np.ndarray, rated: bool, f: Fold, users: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from training.dataset import Dataset
 from training.item_item import fit_item_item
 from training.metrics import evaluate_scores
 from training.pipeline import (
-    Candidates,
+    CandidateBatch,
     RankerConfig,
     evaluate_pipeline,
     histories,
@@ -71,16 +71,16 @@ class RunResult:
     item_item: ItemItem
     ranker: Ranker
     popularity: np.ndarray  # train interactions per item
-    valid_candidates: Candidates  # every validation user, for export parity checks
+    valid_candidates: CandidateBatch  # every validation user, for export parity checks
     valid_fold: Fold
-    test_candidates: Candidates
+    test_candidates: CandidateBatch
     test_fold: Fold
-    ranker_train: Candidates  # calibration data for static INT8 quantization
+    ranker_train: CandidateBatch  # calibration data for static INT8 quantization
     diversity: dict[str, Any]  # chosen penalty and the accuracy/diversity curve (valid holdout and test)
     choices: dict[str, float]  # item-item hyper-parameters chosen on validation (ease_reg)
     hold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ranker holdout
     # training/ranker_folds.py: the extra (candidates, target) lists the ranker trained on
-    ranker_folds: list[tuple[Candidates, sp.csr_matrix]] = field(default_factory=list)
+    ranker_folds: list[tuple[CandidateBatch, sp.csr_matrix]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     refit: dict[str, Any] | None = None  # training/refit.py: what was refitted on every interaction
 

@@ -24,7 +24,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from models.ranker import INPUT_NAMES, OUTPUT_NAMES, Ranker
 from models.version import Precision, parity_problems, ranker_file
-from training.pipeline import Candidates, RankFn, evaluate_pipeline
+from training.pipeline import CandidateBatch, RankFn, evaluate_pipeline
 from training.protocol import Fold
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def ort_rank_fn(sess: ort.InferenceSession) -> RankFn:
     return rank
 
 
-def export_fp32(ranker: Ranker, path: Path, sample: Candidates) -> None:
+def export_fp32(ranker: Ranker, path: Path, sample: CandidateBatch) -> None:
     inputs = ranker_inputs(sample.items[:2], sample.features[:2], sample.cand_features[:2])
     args = tuple(torch.from_numpy(inputs[name]) for name in INPUT_NAMES)
     torch.onnx.export(
@@ -90,7 +90,7 @@ def export_fp16(fp32: Path, path: Path) -> None:
 
 
 class _Calibration(CalibrationDataReader):
-    def __init__(self, cands: Candidates, users_per_batch: int = 16, max_users: int = 512) -> None:
+    def __init__(self, cands: CandidateBatch, users_per_batch: int = 16, max_users: int = 512) -> None:
         self.cands, self.step, self.max_users = cands, users_per_batch, max_users
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -106,7 +106,7 @@ class _Calibration(CalibrationDataReader):
         return next(self._it, None)
 
 
-def export_int8(fp32: Path, path: Path, calibration: Candidates) -> None:
+def export_int8(fp32: Path, path: Path, calibration: CandidateBatch) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -131,7 +131,7 @@ def export_int8(fp32: Path, path: Path, calibration: Candidates) -> None:
         )
 
 
-def export_all(ranker: Ranker, out: Path, calibration: Candidates) -> dict[str, Path]:
+def export_all(ranker: Ranker, out: Path, calibration: CandidateBatch) -> dict[str, Path]:
     paths: dict[str, Path] = {p: out / ranker_file(p) for p in VARIANTS}
     export_fp32(ranker, paths["fp32"], calibration)
     export_fp16(paths["fp32"], paths["fp16"])
@@ -151,12 +151,12 @@ class Parity:
         return dict(self.__dict__)
 
 
-def _top10(rank: RankFn, cands: Candidates, users: int = 512) -> np.ndarray:
+def _top10(rank: RankFn, cands: CandidateBatch, users: int = 512) -> np.ndarray:
     s = rank(cands.items[:users], cands.features[:users], cands.cand_features[:users])
     return np.take_along_axis(cands.items[:users], np.argsort(-s, axis=1, kind="stable")[:, :10], axis=1)
 
 
-def _batch_consistency(sess: ort.InferenceSession, cands: Candidates) -> float:
+def _batch_consistency(sess: ort.InferenceSession, cands: CandidateBatch) -> float:
     """Max |score alone - score inside a batch| over batches of BATCH_ROWS candidate rows."""
     rank = ort_rank_fn(sess)
     worst = 0.0
@@ -173,7 +173,9 @@ def _batch_consistency(sess: ort.InferenceSession, cands: Candidates) -> float:
     return worst
 
 
-def throughput(sess: ort.InferenceSession, cands: Candidates, n: int = 1000, seconds: float = 1.0) -> float:
+def throughput(
+    sess: ort.InferenceSession, cands: CandidateBatch, n: int = 1000, seconds: float = 1.0
+) -> float:
     """Ranked candidates per second, one request of ``n`` candidates per call."""
     reps = -(-n // cands.items.shape[1])
     items = np.concatenate([cands.items[:1]] * reps, axis=1)[:, :n]
@@ -189,9 +191,9 @@ def throughput(sess: ort.InferenceSession, cands: Candidates, n: int = 1000, sec
 
 def check_parity(
     paths: dict[str, Path],
-    valid_c: Candidates,
+    valid_c: CandidateBatch,
     valid: Fold,
-    test_c: Candidates,
+    test_c: CandidateBatch,
     test: Fold,
     genres: list[tuple[str, ...]],
     pop: np.ndarray,

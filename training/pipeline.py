@@ -53,22 +53,24 @@ def histories(x: sp.csr_matrix, users: np.ndarray) -> list[np.ndarray]:
 
 
 @dataclass(frozen=True)
-class Candidates:
+class CandidateBatch:
     users: np.ndarray  # [U]
     items: np.ndarray  # int64 [U, N], merged order of models.candidates
     features: np.ndarray  # float32 [U, D]
     cand_features: np.ndarray  # float32 [U, N, F]
 
-    def take(self, rows: np.ndarray) -> Candidates:
-        return Candidates(self.users[rows], self.items[rows], self.features[rows], self.cand_features[rows])
+    def take(self, rows: np.ndarray) -> CandidateBatch:
+        return CandidateBatch(
+            self.users[rows], self.items[rows], self.features[rows], self.cand_features[rows]
+        )
 
     def labels(self, target: sp.csr_matrix) -> np.ndarray:
         """float32 [U, N]: 1 where a candidate is one of its user's ``target`` items."""
         return hits_matrix(self.items, target, self.users).astype(np.float32)
 
     @staticmethod
-    def concat(parts: list[Candidates]) -> Candidates:
-        return Candidates(
+    def concat(parts: list[CandidateBatch]) -> CandidateBatch:
+        return CandidateBatch(
             np.concatenate([c.users for c in parts]),
             np.concatenate([c.items for c in parts]),
             np.concatenate([c.features for c in parts]),
@@ -84,7 +86,7 @@ def retrieve(
     seen: sp.csr_matrix,
     users: np.ndarray,
     n: int,
-) -> Candidates:
+) -> CandidateBatch:
     """Each user's candidates and features through models.candidates, the code serving runs. The
     retrieval top list is the exact inner-product top-N outside ``seen`` (the FAISS index returns the
     same list); ``history`` holds rating weights (models.candidates.rating_weight) as its values."""
@@ -113,7 +115,7 @@ def retrieve(
             c_feats = np.zeros((items.shape[1], len(feature_names(item_item))), np.float32)
         items[r] = c_items
         cand_rows.append(c_feats)
-    return Candidates(users, items, user_features(vecs, hist, tables), np.stack(cand_rows))
+    return CandidateBatch(users, items, user_features(vecs, hist, tables), np.stack(cand_rows))
 
 
 def torch_rank_fn(model: Ranker) -> RankFn:
@@ -129,7 +131,7 @@ def torch_rank_fn(model: Ranker) -> RankFn:
 
 def evaluate_pipeline(
     rank: RankFn | None,
-    cands: Candidates,
+    cands: CandidateBatch,
     seen: sp.csr_matrix,
     target: sp.csr_matrix,
     item_genres: list[tuple[str, ...]],
@@ -171,7 +173,9 @@ def _diversified(items: np.ndarray, scores: np.ndarray, primary: list[str], pena
     return out
 
 
-def listwise_loss(model: Ranker, cands: Candidates, labels: np.ndarray, users: np.ndarray) -> torch.Tensor:
+def listwise_loss(
+    model: Ranker, cands: CandidateBatch, labels: np.ndarray, users: np.ndarray
+) -> torch.Tensor:
     """Softmax cross-entropy of each user's candidate list against its positives (labels [U, N] 0/1)."""
     n = cands.items.shape[1]
     ids = torch.from_numpy(cands.items[users].reshape(-1))
@@ -191,7 +195,7 @@ def holdout_users(users: np.ndarray, share: float, seed: int) -> np.ndarray:
 def train_ranker(
     spec: FeatureSpec,
     tables: ItemTables,
-    cands: Candidates,
+    cands: CandidateBatch,
     target: sp.csr_matrix,
     seen: sp.csr_matrix,
     cfg: RankerConfig,
@@ -199,7 +203,7 @@ def train_ranker(
     item_genres: list[tuple[str, ...]],
     item_pop: np.ndarray,
     hold_users: np.ndarray,
-    extra: Sequence[tuple[Candidates, sp.csr_matrix]] = (),
+    extra: Sequence[tuple[CandidateBatch, sp.csr_matrix]] = (),
 ) -> tuple[Ranker, dict[str, float]]:
     """Listwise softmax over each user's candidates, early-stopped on ``hold_users``' validation NDCG@10.
 
@@ -209,7 +213,7 @@ def train_ranker(
     rng = np.random.default_rng(seed)
     hold = np.isin(cands.users, hold_users)
     parts = [(cands.take(~hold), target), *extra]
-    pool = Candidates.concat([c for c, _ in parts])
+    pool = CandidateBatch.concat([c for c, _ in parts])
     labels = np.concatenate([c.labels(t) for c, t in parts])
     # lists without a positive among the candidates teach nothing listwise
     fit = np.flatnonzero(labels.sum(1) > 0)

@@ -22,7 +22,7 @@ from models.features import ItemTables
 from models.retrieval import RetrievalConfig
 from training.dataset import Dataset
 from training.item_item import fit_item_item
-from training.pipeline import Candidates, retrieve
+from training.pipeline import CandidateBatch, retrieve
 from training.protocol import Split, split, timeline_matrix, user_item_matrix, weight_matrix
 from training.train_retrieval import fit_retrieval
 
@@ -42,7 +42,7 @@ def ranker_folds(
     tables: ItemTables,
     excluded_users: np.ndarray,
     n: int,
-) -> list[tuple[Candidates, sp.csr_matrix]]:
+) -> list[tuple[CandidateBatch, sp.csr_matrix]]:
     """``count`` extra (candidates, target) pairs from ``s.train`` + ``s.valid``."""
     inter = ds.interactions
     # the holdout users' validation items stay out of every fold model: they judge the ranker

@@ -18,6 +18,7 @@ import onnxruntime as ort
 import tritonclient.grpc.aio as grpcaio
 
 from loadtests.triton.config import MERGED, PRECISIONS
+from models import version
 from runners.triton.client import ranker_inputs
 
 
@@ -39,19 +40,18 @@ class RequestPool:
 def request_pool(model_dir: Path, size: int, candidates: int, seed: int = 0) -> RequestPool:
     """`size` requests of (up to) `candidates` ids each, realistic when the retrieval artifacts exist."""
     rng = np.random.default_rng(seed)
-    meta = json.loads((model_dir / "ranker.json").read_text())
-    n_items, dim = int(meta["n_items"]), int(meta["user_feature_dim"])
-    f = int(meta["candidate_feature_dim"])
+    meta = version.RankerMeta.read(model_dir)
+    n_items, dim, f = meta.n_items, meta.user_feature_dim, meta.candidate_feature_dim
     raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     needed = (
-        "retrieval.npz",
-        "item_item.npz",
-        "items.faiss",
-        "histories.npz",
-        "catalog.json",
-        "popularity.npy",
+        version.RETRIEVAL,
+        version.ITEM_ITEM,
+        version.INDEX,
+        version.HISTORIES,
+        version.CATALOG,
+        version.POPULARITY,
     )
-    if all((model_dir / name).exists() for name in needed):
+    if meta.feature_spec is not None and all((model_dir / name).exists() for name in needed):
         import faiss
 
         from models.candidates import DEFAULT_RATING_WEIGHT, user_candidates
@@ -59,18 +59,18 @@ def request_pool(model_dir: Path, size: int, candidates: int, seed: int = 0) -> 
         from models.item_item import ItemItem
         from models.user_encoder import RetrievalWeights
 
-        weights = RetrievalWeights.load(str(model_dir / "retrieval.npz"))
-        item_item = ItemItem.load(model_dir / "item_item.npz")
-        index = faiss.read_index(str(model_dir / "items.faiss"))
-        catalog = json.loads((model_dir / "catalog.json").read_text())
+        weights = RetrievalWeights.load(str(model_dir / version.RETRIEVAL))
+        item_item = ItemItem.load(model_dir / version.ITEM_ITEM)
+        index = faiss.read_index(str(model_dir / version.INDEX))
+        catalog = version.read_catalog(model_dir)
         years = np.array([np.nan if c.get("year") is None else c["year"] for c in catalog], np.float32)
-        genres = genre_matrix([tuple(c["genres"]) for c in catalog], tuple(meta["feature_spec"]["genres"]))
-        tables = item_tables(np.load(model_dir / "popularity.npy"), years, genres)
-        with np.load(model_dir / "histories.npz") as h:
-            indptr, indices = h["indptr"], h["indices"]
-            rated = h["weights"] if "weights" in h.files else np.full(indices.size, DEFAULT_RATING_WEIGHT)
+        genres = genre_matrix([tuple(c["genres"]) for c in catalog], meta.feature_spec.genres)
+        tables = item_tables(version.read_popularity(model_dir), years, genres)
+        stored = version.read_histories(model_dir)
+        indptr, indices = stored.indptr, stored.indices
+        rated = stored.weights if stored.weights is not None else np.full(indices.size, DEFAULT_RATING_WEIGHT)
         rows = rng.choice(len(indptr) - 1, size=size, replace=len(indptr) - 1 < size)
-        for r in rows:  # runners/retrieval.RetrievalStage.candidates, without a ServedModel
+        for r in rows:  # runners/stages/retrieval.RetrievalStage.candidates, without a ServedModel
             hist = indices[indptr[r] : indptr[r + 1]].astype(np.int64)
             ratings = rated[indptr[r] : indptr[r + 1]].astype(np.float32)
             vec = weights.user_vectors([hist])
@@ -103,9 +103,7 @@ def request_pool(model_dir: Path, size: int, candidates: int, seed: int = 0) -> 
 def model_version(tag: str | None, model_dir: Path | None) -> tuple[Path, str, dict[str, Any]]:
     """(directory, label, metadata) of the version to measure: `--model-dir` or the stored `--tag`."""
     if model_dir is not None:
-        metrics = model_dir / "metrics.json"
-        meta = json.loads(metrics.read_text()) if metrics.exists() else {}
-        return model_dir, str(model_dir), meta
+        return model_dir, str(model_dir), version.read_metrics(model_dir)
     from models import registry
 
     model = registry.get(tag) if tag else registry.production()
@@ -148,7 +146,7 @@ def ort_baseline(model_dir: Path, pool: RequestPool, seconds: float, repeats: in
     windows of `seconds` each."""
     out: dict[str, Any] = {}
     for variant in PRECISIONS:
-        session = ort_session(model_dir / f"ranker_{variant}.onnx")
+        session = ort_session(model_dir / version.ranker_file(variant))
         row: dict[str, Any] = {}
         for k in MERGED:
             feeds_list = []
@@ -202,7 +200,7 @@ def ort_op_profile(
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="folio-ort-profile-") as tmp:
         for variant in PRECISIONS:
-            session = ort_session(model_dir / f"ranker_{variant}.onnx", profile_prefix=f"{tmp}/{variant}")
+            session = ort_session(model_dir / version.ranker_file(variant), profile_prefix=f"{tmp}/{variant}")
             for i in range(warmup + runs):
                 ids, row, feats = pool.raw[i % len(pool.raw)]
                 ends = np.array([ids.size], np.int32)

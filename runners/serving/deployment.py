@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import bentoml
 import numpy as np
 
 from models import registry
@@ -43,10 +44,17 @@ class Deployment:
 
 
 async def deploy(
-    settings: Settings, state: StateStore, tag: str | None, *, require_triton: bool
+    settings: Settings,
+    state: StateStore,
+    tag: str | None,
+    *,
+    require_triton: bool,
+    stored: bentoml.Model | None = None,
 ) -> Deployment:
-    """Load, start and smoke-test ``tag`` (None: production). Raises ModelLoadError when not servable."""
-    stored = await asyncio.to_thread(served_model.resolve, tag)
+    """Load, start and smoke-test ``stored`` (a version already resolved, e.g. the service's class-level
+    model), else ``tag`` (None: production). Raises ModelLoadError when not servable."""
+    if stored is None:
+        stored = await asyncio.to_thread(served_model.resolve, tag)
     problems = await asyncio.to_thread(registry.servable_problems, stored)
     if problems:
         raise ModelLoadError(f"{stored.tag} is not servable: {'; '.join(problems)}")

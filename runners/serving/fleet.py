@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import bentoml
+
 from models import registry
 from models.version import PRECISIONS
 from runners.http.schemas import (
@@ -85,8 +87,12 @@ def primary_tag(settings: Settings) -> str:
 
 
 class Fleet:
-    def __init__(self, settings: Settings, state: StateStore, catalog: CatalogLog) -> None:
-        self.settings, self.state, self.catalog = settings, state, catalog
+    def __init__(
+        self, settings: Settings, state: StateStore, catalog: CatalogLog, packed: bentoml.Model | None = None
+    ) -> None:
+        """``packed``: the version the service declared at class scope (what `bentoml build` packs), which
+        the first served variant deploys; None: resolve it from the store (a shared FOLIO_MODEL_STORE)."""
+        self.settings, self.state, self.catalog, self.packed = settings, state, catalog, packed
         self.catalog_state = CatalogState()
         self.config = VariantConfig.parse(settings.variants, settings.precision, settings.model_tag)
         self.assigner = Assigner(self.config)
@@ -104,9 +110,13 @@ class Fleet:
         return self.deployments[self.config.served[0].model]
 
     async def start(self) -> None:
+        primary = self.config.served[0].model
         for spec in dict.fromkeys(v.model for v in self.config.variants):
             tag = None if spec == PRODUCTION else spec
-            self.deployments[spec] = await deploy(self.settings, self.state, tag, require_triton=False)
+            stored = self.packed if spec == primary else None
+            self.deployments[spec] = await deploy(
+                self.settings, self.state, tag, require_triton=False, stored=stored
+            )
             log.info("serving %s as %r", self.deployments[spec].tag, spec)
         try:
             self.apply_catalog(await self.catalog.state())

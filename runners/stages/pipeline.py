@@ -28,7 +28,7 @@ from runners.stages import rules
 from runners.stages.cache import ResultCache
 from runners.stages.new_books import NewBooks, place
 from runners.stages.ranking import RankingStage
-from runners.stages.retrieval import Candidates, RetrievalStage
+from runners.stages.retrieval import RetrievalStage, Retrieved
 from runners.stages.served_model import ServedModel
 from runners.state.catalog import Book, CatalogState, CatalogView
 from runners.state.protocol import Event, StateStore, StateUnavailable, UserSnapshot
@@ -265,7 +265,7 @@ class Recommender:
         self,
         ranked: np.ndarray,
         scores: np.ndarray,
-        cands: Candidates,
+        cands: Retrieved,
         user: UserState,
         req: RecommendRequest,
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from runners.stages.served_model import ServedModel
 
 
 @dataclass(frozen=True)
-class Candidates:
+class Retrieved:
     items: np.ndarray  # int64 [n] internal item indices, merged order
     features: np.ndarray  # float32 [n, F] per-candidate ranker features (models.candidates)
     user_row: np.ndarray  # float32 [user_dim] the ranker's user feature row
@@ -35,7 +35,7 @@ class RetrievalStage:
 
     def candidates(
         self, history: np.ndarray, ratings: np.ndarray, n: int, exclude: np.ndarray | None = None
-    ) -> Candidates:
+    ) -> Retrieved:
         """``n`` candidates for the user, skipping ``exclude`` (internal indices); ``ratings``: the
         history's rating weights (models.candidates.rating_weight)."""
         vec = self.user_vector(history)
@@ -49,7 +49,7 @@ class RetrievalStage:
         top = ids[0][keep][:n].astype(np.int64)
         m = self.model
         c = user_candidates(vec, m.weights.item_vectors, top, m.item_item, history, ratings, drop, n)
-        return Candidates(c.items, c.features, row, vec)
+        return Retrieved(c.items, c.features, row, vec)
 
     def nearest(self, vector: np.ndarray, k: int, skip: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` trained items nearest ``vector`` (float32 [dim]), ``skip`` excluded."""

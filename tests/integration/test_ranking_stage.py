@@ -17,7 +17,7 @@ import pytest
 
 from models.version import RankerFiles
 from runners.stages.ranking import PRECISIONS, RankingStage, RankResult
-from tests.unit.test_ranking import reference
+from tests.unit.runners.stages.test_ranking import reference
 
 pytestmark = pytest.mark.integration
 

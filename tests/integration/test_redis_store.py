@@ -13,8 +13,8 @@ import pytest
 
 from runners.state.protocol import StateStore, StateUnavailable
 from runners.state.redis_state import RedisState
+from tests.contracts.state_store import ALICE, BOB, T0, Backend, StoreContract, ev
 from tests.redis_server import RedisServer, dump_all, free_port
-from tests.unit.test_store_local import ALICE, BOB, T0, Backend, StoreContract, ev
 
 pytestmark = pytest.mark.integration
 

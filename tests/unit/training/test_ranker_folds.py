@@ -5,7 +5,7 @@ import numpy as np
 from models.features import genre_matrix, item_tables
 from tests.conftest import TINY
 from training.experiment import RunResult, choose_penalty
-from training.pipeline import Candidates, holdout_users
+from training.pipeline import CandidateBatch, holdout_users
 from training.protocol import split, user_item_matrix
 from training.ranker_folds import ranker_folds
 
@@ -35,7 +35,7 @@ def test_extra_folds_skip_the_holdout_and_never_see_test(trained: RunResult):
 
 
 def test_labels_and_concat():
-    c = Candidates(
+    c = CandidateBatch(
         users=np.array([0, 1]),
         items=np.array([[3, 1, 2], [0, 2, 1]]),
         features=np.zeros((2, 4), np.float32),
@@ -43,7 +43,7 @@ def test_labels_and_concat():
     )
     target = user_item_matrix_from({0: [1], 1: [0, 1]}, n_items=4)
     np.testing.assert_array_equal(c.labels(target), [[0, 1, 0], [1, 0, 1]])
-    both = Candidates.concat([c, c.take(np.array([1]))])
+    both = CandidateBatch.concat([c, c.take(np.array([1]))])
     assert both.users.tolist() == [0, 1, 1] and both.cand_features.shape == (3, 3, 5)
 
 

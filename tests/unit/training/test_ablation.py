@@ -9,13 +9,13 @@ import numpy as np
 from tests.conftest import TINY
 from training.ablation import DEFAULT_ROW, STEPS, ablate, ablation_section, masked
 from training.loaders import load_dataset
-from training.pipeline import Candidates
+from training.pipeline import CandidateBatch
 from training.report import write_report
 
 
 def test_masked_zeroes_exactly_the_other_sources():
     names = ("retrieval.score", "retrieval.relative", "ease.score", "knn.score")
-    c = Candidates(
+    c = CandidateBatch(
         np.arange(2), np.zeros((2, 3), np.int64), np.zeros((2, 4), np.float32), np.ones((2, 3, 4), np.float32)
     )
     m = masked(c, names, ("retrieval", "knn"))

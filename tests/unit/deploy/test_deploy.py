@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from scripts.audit import NGC_TAG, advisories_for
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"

@@ -9,7 +9,6 @@ import copy
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import bentoml
@@ -29,8 +28,7 @@ from runners.stages.pipeline import InvalidEvent
 from runners.stages.pipeline import Recommender as Pipeline
 from runners.state.protocol import TS_MAX
 from tests.openapi_doc import resolved
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
 
 
 class Query(BaseModel):

@@ -33,8 +33,8 @@ from scripts.audit import (
     parse_pip_audit,
     worst,
 )
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).with_name("audit_fixtures")
 CPU_LOCK = read_lock(lock_path(ROOT, "cpu"))
 

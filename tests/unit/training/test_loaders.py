@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.paths import FIXTURES
 from training.dataset import DataError, Dataset
 from training.fetch import DATASETS, fetch
 from training.loaders import load_dataset, load_goodbooks, load_movielens
 
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "goodbooks_tiny"
+TINY = FIXTURES / "goodbooks_tiny"
 
 BOOKS = """book_id,title,authors,original_publication_year
 1,Alpha,Ann,2001

@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from runners.triton.backend_model import RequestError, merge, runs, split, validate_request
 from runners.triton.repository import MODEL_PY, PRECISIONS, README, RankerMeta, render_config, render_triton
+from tests.paths import ROOT
 
 D, N, F = 24, 1000, 18
 TOP_LEVEL_ORDER = [
@@ -217,7 +218,7 @@ def test_candidate_feature_dim_is_required_and_checked(model_dir: Path, tmp_path
 
 def test_committed_configs_are_rendered_from_the_contract() -> None:
     """model_repository/*/config.pbtxt are render_config's output (ML-100K dims, default settings)."""
-    repo = Path(__file__).resolve().parents[2] / "model_repository"
+    repo = ROOT / "model_repository"
     meta = RankerMeta(user_feature_dim=221, n_items=1682, candidate_feature_dim=21)
     for v in PRECISIONS:
         assert (repo / f"ranker_{v}" / "config.pbtxt").read_text() == render_config(v, meta), v

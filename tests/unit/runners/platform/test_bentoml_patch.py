@@ -17,7 +17,6 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -32,8 +31,7 @@ from starlette.testclient import TestClient
 from runners.platform import bentoml_patch
 from runners.platform.bento_image import FLAVOURS, lock_path, read_lock
 from runners.platform.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -287,7 +285,7 @@ def test_importing_the_service_patches_nothing_and_building_its_app_patches_ever
     out = _fresh_python(
         """
 from runners.serving import fleet
-from tests.unit.test_bentoml_patch import patched, upstream
+from tests.unit.runners.platform.test_bentoml_patch import patched, upstream
 
 fleet.primary_tag = lambda settings: "folio:stand-in"  # the app is built, never started: no model needed
 before = upstream()
@@ -359,7 +357,7 @@ def test_a_refused_upstream_is_left_entirely_as_it_was() -> None:
         """
 from bentoml._internal.server.http import traffic
 from runners.platform import bentoml_patch
-from tests.unit.test_bentoml_patch import upstream
+from tests.unit.runners.platform.test_bentoml_patch import upstream
 
 def _set_timer_out(self, waiter, reason): ...
 

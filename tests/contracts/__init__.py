@@ -1,0 +1,1 @@
+"""Contract test suites that every implementation of an interface inherits."""
