@@ -47,7 +47,6 @@ from runners.platform.settings import load_settings
 from runners.platform.threads import limit_numeric_threads
 from runners.serving.fleet import FeedbackRateLimited, Fleet, UnknownVariant, primary_tag
 from runners.stages.pipeline import CachedResult, InvalidEvent, UnknownItem, WithdrawnItem
-from runners.stages.pipeline import Recommender as Pipeline
 from runners.stages.served_model import ModelLoadError
 from runners.state.backends import open_state
 from runners.state.catalog import Book, CatalogChange, CatalogState, open_catalog
@@ -102,10 +101,6 @@ class Recommender:
         self.drain = Drain(self.settings.drain_s)
         RUNTIME.settings, RUNTIME.state = self.settings, self.state
         RUNTIME.digests = [d.encode() for d in self.settings.api_keys]
-
-    @property
-    def pipeline(self) -> Pipeline:
-        return self.fleet.primary.pipeline
 
     @property
     def model_version(self) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 import redis
 
-from runners.platform.processes import ChildProcess, free_port
+from runners.platform.processes import ChildProcess, Supervised, free_port
 
 
 def redis_server_binary() -> str:
@@ -25,7 +24,7 @@ def redis_server_binary() -> str:
     return path
 
 
-class RedisServer:
+class RedisServer(Supervised):
     def __init__(self, workdir: Path, port: int | None = None, startup_timeout_s: float = 10.0) -> None:
         self.binary = redis_server_binary()
         self.workdir = Path(workdir)
@@ -67,14 +66,6 @@ class RedisServer:
 
     def stop(self) -> None:
         self._child.stop(10.0)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def dump_all(client: redis.Redis) -> bytes:

@@ -23,10 +23,29 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or the Bento's src): service.py lives here
+
+
+class Supervised:
+    """A server as a context manager: started on entry, stopped on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 class StartupError(RuntimeError):
@@ -170,7 +189,7 @@ class ChildProcess:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-class ServedFolio:
+class ServedFolio(Supervised):
     """`bentoml serve <target>` from the checkout on a free loopback port with `env` (FOLIO_DRAIN_S=0
     unless it says otherwise); ready once /readyz answers 200. Use as a context manager."""
 
@@ -216,11 +235,3 @@ class ServedFolio:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._child.stop(timeout_s)
-
-    def __enter__(self) -> ServedFolio:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -182,15 +182,7 @@ class RedisState:
                 await p.execute()
 
     async def snapshot(self, user_id: str) -> UserSnapshot:
-        key = await self.user_key(user_id)
-        with self._guard():
-            async with self._r.pipeline(transaction=False) as p:
-                p.get(self._k("gen", user_id))
-                p.sismember(self._k("forgotten", "k"), key)
-                p.lrange(self._k("hist", user_id), 0, -1)
-                g, forgotten, rows = await p.execute()
-        generation = int(g) if g is not None else (-1 if forgotten else 0)
-        return UserSnapshot(generation, bool(forgotten), rows, Event.from_json)
+        return await self._read_user(user_id, with_history=True)
 
     async def history(self, user_id: str) -> list[Event]:
         with self._guard():
@@ -198,15 +190,20 @@ class RedisState:
         return [Event.from_json(r) for r in rows]
 
     async def generation(self, user_id: str) -> int:
+        return (await self._read_user(user_id, with_history=False)).generation
+
+    async def _read_user(self, user_id: str, *, with_history: bool) -> UserSnapshot:
+        """One pipelined round trip: the generation, the forgotten flag and, if asked, the history."""
         key = await self.user_key(user_id)
         with self._guard():
             async with self._r.pipeline(transaction=False) as p:
                 p.get(self._k("gen", user_id))
                 p.sismember(self._k("forgotten", "k"), key)
-                g, forgotten = await p.execute()
-        if g is None:
-            return -1 if forgotten else 0
-        return int(g)
+                if with_history:
+                    p.lrange(self._k("hist", user_id), 0, -1)
+                g, forgotten, *rows = await p.execute()
+        generation = int(g) if g is not None else (-1 if forgotten else 0)
+        return UserSnapshot(generation, bool(forgotten), rows[0] if rows else [], Event.from_json)
 
     async def cache_get(self, user_id: str, field: str) -> str | None:
         with self._guard():

@@ -230,24 +230,23 @@ class TritonServer:
         self.startup_s: float | None = None
 
     # ---------------------------------------------------------------- properties
+    def _address(self, port: int | None) -> str:
+        if port is None:
+            raise TritonError("server not started")
+        return f"{self._client_host}:{port}"
+
     @property
     def grpc_url(self) -> str:
         """`host:port` as `tritonclient.grpc(.aio).InferenceServerClient(url=...)` expects it."""
-        if self.grpc_port is None:
-            raise TritonError("server not started")
-        return f"{self._client_host}:{self.grpc_port}"
+        return self._address(self.grpc_port)
 
     @property
     def http_url(self) -> str:
-        if self.http_port is None:
-            raise TritonError("server not started")
-        return f"{self._client_host}:{self.http_port}"
+        return self._address(self.http_port)
 
     @property
     def metrics_url(self) -> str:
-        if self.metrics_port is None:
-            raise TritonError("server not started")
-        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+        return f"http://{self._address(self.metrics_port)}/metrics"
 
     @property
     def pid(self) -> int | None:
