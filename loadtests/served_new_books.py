@@ -43,45 +43,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import scipy.sparse as sp
 
-from loadtests.served_quality import (
+from loadtests.served.client import (
     MAX_FAILED_SHARE,
+    SimilarServed,
+    add_books,
     fetch_lists,
-    list_metrics,
-    post_retrying,
-    prepared_dataset,
+    fetch_similar,
     service_stats,
-    warn_if_protocol_folder,
-    write_books,
-    write_holdout,
-    write_ratings,
 )
-from models.features import genre_matrix
-from runners.http.schemas import SimilarResponse
-from training.artifacts import catalog_json
-from training.cold_start_eval import cooccurrence, holdout_items
-from training.dataset import Dataset
-from training.loaders import load_goodbooks
+from loadtests.served.data import (
+    ItemSplit,
+    genre_matrices,
+    prepared_dataset,
+    read_item_split,
+    warn_if_protocol_folder,
+    write_item_split,
+)
+from loadtests.served_quality import list_metrics
+from training.cold_start_eval import cooccurrence
 from training.metrics import top_k
 
 K_RECOMMEND, K_NDCG, K_SIMILAR = 50, 10, 10
 K_SIMILAR_DEEP = 100  # /similar is asked for this many: the first 10 are scored, the rest diagnose
 POSITION_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)  # [0,1), [1,2), [2,3), [3,5), ... of a new book's rank
-ADMIN_BATCH = 1000  # runners.state.catalog.MAX_CHANGES: the most books /admin/catalog/books takes at once
 REC_ROWS = ("Folio (served over HTTP)", "popularity-in-genre, same slots", "random, same slots")
 SIM_ROWS = (
     "Folio /similar (served over HTTP)",
@@ -92,24 +88,6 @@ SIM_ROWS = (
 
 
 # ------------------------------------------------------------------------------------------ split
-def write_item_split(ds: Dataset, out: Path, share: float, seed: int) -> np.ndarray:
-    """Write books.csv + ratings.csv (the books not held out), new_books.json and holdout.csv; returns
-    the held-out item indices of ``ds`` (sorted)."""
-    if not 0.0 < share < 1.0:
-        raise ValueError(f"item share must be in (0, 1), got {share}")
-    cat, inter = ds.catalog, ds.interactions
-    cold = holdout_items(len(cat), share, seed)
-    if not 0 < cold.size < len(cat):
-        raise ValueError(f"item share {share} of {len(cat)} items holds out {cold.size}: nothing to measure")
-    is_cold = np.zeros(len(cat), dtype=bool)
-    is_cold[cold] = True
-    held = is_cold[inter.items]
-    out.mkdir(parents=True, exist_ok=True)
-    write_books(out / "books.csv", cat.subset(np.flatnonzero(~is_cold)))
-    write_ratings(out / "ratings.csv", ds, np.flatnonzero(~held))
-    (out / "new_books.json").write_text(json.dumps(catalog_json(cat.subset(cold)), indent=1) + "\n")
-    write_holdout(out / "holdout.csv", ds, held)
-    return cold
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -175,103 +153,9 @@ def rec_row(lists: Sequence[Sequence[str]], held: Sequence[set[str]], new_ids: s
 
 
 # ------------------------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class ItemSplit:
-    warm: Dataset  # books.csv + ratings.csv
-    history: sp.csr_matrix  # binary, ratings.csv users x books.csv books
-    new_books: list[dict[str, Any]]  # new_books.json
-    new_ids: list[str]
-    holdout: sp.csr_matrix  # binary, users (ratings.csv users, then holdout-only ones) x new books
-    user_ids: list[str]
-
-
-def read_item_split(folder: Path) -> ItemSplit:
-    ds = load_goodbooks(folder / "books.csv", folder / "ratings.csv")
-    new_books = json.loads((folder / "new_books.json").read_text())
-    new_ids = [b["item_id"] for b in new_books]
-    col = {b: n for n, b in enumerate(new_ids)}
-    user_ids = list(ds.interactions.user_ids)
-    row = {u: n for n, u in enumerate(user_ids)}
-    rows, cols = [], []
-    with open(folder / "holdout.csv", newline="", encoding="utf-8-sig") as f:
-        for line, rec in enumerate(csv.DictReader(f), start=2):
-            u, b = rec["user_id"].strip(), rec["book_id"].strip()
-            if b not in col:
-                raise ValueError(f"{folder / 'holdout.csv'}:{line}: {b!r} is not in new_books.json")
-            if u not in row:
-                row[u] = len(user_ids)
-                user_ids.append(u)
-            rows.append(row[u])
-            cols.append(col[b])
-    holdout = sp.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(user_ids), len(new_ids))
-    )
-    holdout.data[:] = 1.0
-    inter = ds.interactions
-    history = sp.csr_matrix(
-        (np.ones(len(inter), np.float32), (inter.users, inter.items)),
-        shape=(len(user_ids), len(ds.catalog)),
-    )
-    history.data[:] = 1.0
-    return ItemSplit(ds, history, new_books, new_ids, holdout, user_ids)
-
-
-def genre_matrices(data: ItemSplit, new_books: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """float64 one-hot genres of the books.csv books and of ``new_books``, over books.csv's genres."""
-    vocab = tuple(data.warm.catalog.genre_vocab)
-    warm = genre_matrix(data.warm.catalog.genres, vocab).astype(np.float64)
-    new = genre_matrix([tuple(b["genres"]) for b in new_books], vocab).astype(np.float64)
-    return warm, new
 
 
 # ------------------------------------------------------------------------------------------- HTTP
-async def add_books(url: str, books: list[dict[str, Any]], api_key: str) -> list[dict[str, Any]]:
-    """POST the books to /admin/catalog/books in batches; the answers. SystemExit on a refusal."""
-    answers = []
-    headers = {"Authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
-        for start in range(0, len(books), ADMIN_BATCH):
-            out = await post_retrying(
-                client, "/admin/catalog/books", {"books": books[start : start + ADMIN_BATCH]}, headers=headers
-            )
-            if out.response is None or out.response.status_code != 200:
-                why = (
-                    out.failure if out.response is None else f"{out.response.status_code} {out.response.text}"
-                )
-                raise SystemExit(f"/admin/catalog/books refused books {start}..: {why}")
-            answers.append(out.response.json())
-    return answers
-
-
-@dataclass
-class SimilarServed:
-    lists: dict[str, list[str]] = field(default_factory=dict)
-    failures: Counter[str] = field(default_factory=Counter)
-    retries_429: int = 0
-
-
-async def fetch_similar(
-    url: str, items: Sequence[str], k: int, api_key: str | None, concurrency: int
-) -> SimilarServed:
-    served = SimilarServed()
-    sem = asyncio.Semaphore(concurrency)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-    async def one(client: httpx.AsyncClient, item: str) -> None:
-        async with sem:
-            out = await post_retrying(client, "/similar", {"item_id": item, "k": k})
-            served.retries_429 += out.retries_429
-            if out.response is None:
-                served.failures[out.failure or "no answer"] += 1
-            elif out.response.status_code != 200:
-                served.failures[str(out.response.status_code)] += 1
-            else:
-                body = SimilarResponse.model_validate_json(out.response.content)
-                served.lists[item] = [i.item_id for i in body.items]
-
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0) as client:
-        await asyncio.gather(*(one(client, i) for i in items))
-    return served
 
 
 # ------------------------------------------------------------------------------------- evaluation

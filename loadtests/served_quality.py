@@ -22,116 +22,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
-import sys
-from collections import Counter
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import numpy as np
 import scipy.sparse as sp
 
-from runners.http.schemas import RecommendResponse
+from loadtests.served.client import (
+    MAX_FAILED_SHARE,
+    fetch_lists,
+    service_stats,
+)
+from loadtests.served.data import (
+    holdout_mask,
+    prepared_dataset,
+    read_holdout,
+    warn_if_protocol_folder,
+    write_split,
+)
 from training.baselines import EASE
-from training.dataset import Catalog, Dataset
-from training.fetch import DATASETS, fetch
-from training.loaders import load_dataset, load_goodbooks
+from training.loaders import load_goodbooks
 from training.metrics import accuracy, top_k
-from training.protocol import PROTOCOLS, prepare, protocol_for, split_counts
 
 T = TypeVar("T", bound=Hashable)
 REGS = (100.0, 250.0, 500.0, 1000.0, 2000.0)
 ROWS = ("Folio (served over HTTP)", "EASE (same data)", "MostPop")
-BOOK_COLUMNS = ("book_id", "title", "authors", "original_publication_year", "genres")
-MAX_FAILED_SHARE = 0.01
 
 
 # ------------------------------------------------------------------------------------------ split
-def holdout_mask(users: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """Boolean per row: held out. Per user, a random order cut by ``split_counts(n, (1 - share, share))``,
-    as ``training.protocol.split`` does."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(users.size)
-    order = order[np.argsort(users[order], kind="stable")]  # grouped by user, shuffled within
-    held = np.zeros(users.size, dtype=bool)
-    for rows in np.split(order, np.flatnonzero(np.diff(users[order])) + 1):
-        n_train, _ = split_counts(rows.size, (1.0 - share, share))
-        held[rows[n_train:]] = True
-    return held
-
-
-def _num(x: float) -> str:
-    """A number as loaders read it back: "" for NaN, shortest round-trip digits otherwise."""
-    return "" if np.isnan(x) else np.format_float_positional(x, trim="-")
-
-
-def _text(s: str) -> str:
-    return " ".join(s.splitlines()).strip()  # the loaders read one record per physical line, stripped
-
-
-def write_books(path: Path, cat: Catalog) -> None:
-    """``cat`` as a Goodbooks-style books.csv (what load_goodbooks reads back)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(BOOK_COLUMNS)
-        for i, t, a, g, y in zip(cat.item_ids, cat.titles, cat.authors, cat.genres, cat.years, strict=True):
-            w.writerow([i, _text(t), _text(a), _num(float(y)), "|".join(g)])
-
-
-def write_ratings(path: Path, ds: Dataset, rows: np.ndarray) -> None:
-    """The interactions ``rows`` of ``ds`` (in that order) as a Goodbooks-style ratings.csv."""
-    inter, cat = ds.interactions, ds.catalog
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(("user_id", "book_id", "rating", "timestamp"))
-        for r in rows:
-            u, i = inter.user_ids[inter.users[r]], cat.item_ids[inter.items[r]]
-            w.writerow((u, i, _num(float(inter.ratings[r])), _num(float(inter.timestamps[r]))))
-
-
-def write_split(ds: Dataset, out: Path, share: float, seed: int) -> np.ndarray:
-    """Write books.csv, ratings.csv (kept rows, file order) and holdout.csv; returns the held-out mask."""
-    if not 0.0 < share < 1.0:
-        raise ValueError(f"holdout share must be in (0, 1), got {share}")
-    inter, cat = ds.interactions, ds.catalog
-    held = holdout_mask(inter.users, share, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_books(out / "books.csv", cat)
-    write_ratings(out / "ratings.csv", ds, np.flatnonzero(~held))
-    write_holdout(out / "holdout.csv", ds, held)
-    return held
-
-
-def write_holdout(path: Path, ds: Dataset, held: np.ndarray) -> None:
-    """holdout.csv: (user_id, book_id) of the interactions ``held`` (bool per row) marks."""
-    inter, cat = ds.interactions, ds.catalog
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(("user_id", "book_id"))
-        w.writerows(
-            (inter.user_ids[inter.users[r]], cat.item_ids[inter.items[r]]) for r in np.flatnonzero(held)
-        )
-
-
-def prepared_dataset(name: str, data_dir: Path) -> Dataset:
-    """The dataset (fetched when it is a known one) after its evaluation protocol (training.protocol)."""
-    if name in DATASETS:
-        fetch(name, data_dir)
-    raw = load_dataset(name, data_dir)
-    return prepare(raw, protocol_for(raw.name))
-
-
-def warn_if_protocol_folder(out: Path) -> None:
-    if out.resolve().name in PROTOCOLS:
-        print(
-            f"warning: training on a folder named {out.resolve().name!r} applies that dataset's "
-            "protocol again; rename the folder",
-            file=sys.stderr,
-        )
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -147,42 +67,6 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-@dataclass(frozen=True)
-class EvalData:
-    """ratings.csv (binary users x items) and holdout.csv in the same index space."""
-
-    user_ids: list[str]  # ratings.csv users, then holdout-only users
-    train: sp.csr_matrix
-    target: sp.csr_matrix
-
-
-def read_holdout(path: Path, ds: Dataset) -> EvalData:
-    """holdout.csv (user_id, book_id) against the catalog loaded from books.csv + ratings.csv.
-
-    Unknown books raise ValueError; held-out pairs also in ratings.csv are dropped (no one may
-    recommend them)."""
-    user_ids = list(ds.interactions.user_ids)
-    users = {u: n for n, u in enumerate(user_ids)}
-    items = {b: n for n, b in enumerate(ds.catalog.item_ids)}
-    rows, cols = [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for line, rec in enumerate(csv.DictReader(f), start=2):
-            u, b = rec["user_id"].strip(), rec["book_id"].strip()
-            if b not in items:
-                raise ValueError(f"{path}:{line}: unknown book_id {b!r}")
-            if u not in users:
-                users[u] = len(user_ids)
-                user_ids.append(u)
-            rows.append(users[u])
-            cols.append(items[b])
-    shape = (len(user_ids), len(ds.catalog))
-    inter = ds.interactions
-    train = sp.csr_matrix((np.ones(len(inter), np.float32), (inter.users, inter.items)), shape=shape)
-    target = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
-    train.data[:], target.data[:] = 1.0, 1.0
-    target = (target - target.multiply(train)).tocsr()
-    target.eliminate_zeros()
-    return EvalData(user_ids, train, target)
 
 
 def list_metrics(
@@ -263,94 +147,6 @@ def sample_users(target: sp.csr_matrix, n: int, seed: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- HTTP
-@dataclass
-class Served:
-    lists: dict[str, list[str]] = field(default_factory=dict)  # user_id -> recommended item ids
-    failures: Counter[str] = field(default_factory=Counter)  # status or error -> count
-    fallback: Counter[str] = field(default_factory=Counter)
-    cold_start: int = 0
-    cached: int = 0
-    model_versions: Counter[str] = field(default_factory=Counter)
-    variants: Counter[str] = field(default_factory=Counter)
-    precisions: Counter[str] = field(default_factory=Counter)
-    retries_429: int = 0
-
-
-def retry_after(response: httpx.Response, default_s: float = 1.0) -> float:
-    try:
-        return min(max(float(response.headers.get("retry-after", default_s)), 0.05), 60.0)
-    except ValueError:  # an HTTP-date: not worth parsing here
-        return default_s
-
-
-@dataclass(frozen=True)
-class Posted:
-    response: httpx.Response | None  # the first answer that is not a 429; None: none came
-    failure: str | None  # why none came: the httpx error's class name, or "429 x<max_429>"
-    retries_429: int  # 429 answers received (each waited out per Retry-After)
-
-
-async def post_retrying(
-    client: httpx.AsyncClient,
-    path: str,
-    body: Any,
-    max_429: int = 50,
-    headers: dict[str, str] | None = None,
-) -> Posted:
-    """POST ``body`` as JSON to ``path``, waiting out up to ``max_429`` 429s (Retry-After)."""
-    retries = 0
-    for _ in range(max_429):
-        try:
-            r = await client.post(path, json=body, headers=headers)
-        except httpx.HTTPError as e:
-            return Posted(None, type(e).__name__, retries)
-        if r.status_code != 429:
-            return Posted(r, None, retries)
-        retries += 1
-        await asyncio.sleep(retry_after(r))
-    return Posted(None, f"429 x{max_429}", retries)
-
-
-async def fetch_lists(
-    url: str,
-    users: Sequence[str],
-    k: int,
-    api_key: str | None,
-    concurrency: int,
-    max_429: int = 50,
-    transport: httpx.AsyncBaseTransport | None = None,
-    variant: str | None = None,
-) -> Served:
-    """POST /recommend for every user, at most ``concurrency`` in flight; 429s wait Retry-After.
-    ``variant``: the ranker variant (int8, fp16, fp32) or A/B arm to ask for (None: the user's)."""
-    served = Served()
-    sem = asyncio.Semaphore(concurrency)
-    headers = {"x-api-key": api_key} if api_key else {}
-    request: dict[str, Any] = {"k": k, "exclude_seen": True} | ({"variant": variant} if variant else {})
-
-    async def one(client: httpx.AsyncClient, user: str) -> None:
-        async with sem:
-            out = await post_retrying(client, "/recommend", {"user_id": user, **request}, max_429)
-            served.retries_429 += out.retries_429
-            if out.response is None:
-                served.failures[out.failure or "no answer"] += 1
-                return
-            r = out.response
-            if r.status_code != 200:
-                served.failures[str(r.status_code)] += 1
-                return
-            body = RecommendResponse.model_validate_json(r.content)
-            served.lists[user] = [item.item_id for item in body.items]
-            served.fallback[body.fallback] += 1
-            served.cold_start += body.cold_start
-            served.cached += body.cached
-            served.model_versions[body.model_version] += 1
-            served.variants[body.variant] += 1
-            served.precisions[body.precision] += 1
-
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0, transport=transport) as client:
-        await asyncio.gather(*(one(client, u) for u in users))
-    return served
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -360,28 +156,6 @@ def markdown(rows: dict[str, dict[str, float]], k: int) -> str:
     for name, m in rows.items():
         out.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {int(m['users'])} |")
     return "\n".join(out)
-
-
-def service_stats(served: Served, requests: int) -> dict[str, Any]:
-    ok = len(served.lists)
-
-    def share(n: int) -> float | None:
-        return n / ok if ok else None
-
-    return {
-        "requests": requests,
-        "succeeded": ok,
-        "failed": sum(served.failures.values()),
-        "failures": dict(served.failures),
-        "retries_429": served.retries_429,
-        "fallback_share": share(ok - served.fallback["none"]),
-        "fallback": dict(served.fallback),
-        "cold_start_share": share(served.cold_start),
-        "cached_share": share(served.cached),
-        "model_versions": dict(served.model_versions),
-        "variants": dict(served.variants),
-        "precisions": dict(served.precisions),
-    }
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:

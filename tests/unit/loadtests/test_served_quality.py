@@ -12,18 +12,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from loadtests.served.client import fetch_lists
+from loadtests.served.data import holdout_mask, read_holdout, write_split
 from loadtests.served_quality import (
     REGS,
     choose_reg,
     ease_recommend,
-    fetch_lists,
-    holdout_mask,
     list_metrics,
     main,
     mostpop_recommend,
-    read_holdout,
     sample_users,
-    write_split,
 )
 from tests.synthetic_catalog import write_catalog
 from training.dataset import Catalog, Dataset, Interactions
@@ -186,6 +184,7 @@ def test_http_loop_retries_429_and_counts_failures() -> None:
                 {"item_id": "b1", "title": "t", "authors": "", "genres": [], "score": 1.0, "reason": "r"}
             ],
             "model_version": "folio:v1",
+            "variant": "default",
             "precision": "int8",
             "cold_start": user == "new",
             "fallback": "none",
