@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or the Bento's src): service.py lives here
@@ -168,6 +170,7 @@ class ChildProcess:
         if proc is None:
             return
         timeout_s = self.stop_timeout_s if timeout_s is None else timeout_s
+        descendants = _descendants(proc.pid)  # before the leader goes: its children are then re-parented
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 if self.term_group:
@@ -187,6 +190,31 @@ class ChildProcess:
         if self.own_group:  # children normally exit with the leader; make sure none outlives it
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        _kill_left_behind(self.name, descendants)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).children(recursive=True)
+    return []
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _kill_left_behind(name: str, processes: list[psutil.Process]) -> None:
+    """SIGKILL what the child started and left running in sessions of its own (BentoML's workers lead
+    their own session, so the group kill above misses one whose shutdown hangs)."""
+    alive = [p for p in processes if _running(p)]
+    for p in alive:
+        log.warning("%s left %s (pid %d) running after it stopped; killing it", name, p.name(), p.pid)
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 class ServedFolio(Supervised):

@@ -91,3 +91,21 @@ def test_log_tail_skips_prefixes_and_survives_a_missing_log(tmp_path: Path) -> N
     assert log_tail(log, 2) == "second\nthird"
     assert log_tail(log, 10, skip=("+", "|")) == "first\nsecond\nthird"
     assert log_tail(tmp_path / "missing.log") == "<no log>"
+
+
+def test_what_the_child_left_in_a_session_of_its_own_is_killed_too(tmp_path: Path) -> None:
+    """BentoML's workers lead their own session: a worker whose shutdown hangs must not outlive the stop."""
+    pid_file = tmp_path / "worker.pid"
+    worker = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    code = (
+        "import pathlib, subprocess, sys, time; "
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True); "
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(w.pid)); time.sleep(120)"
+    )
+    child = ChildProcess("arbiter", tmp_path / "arbiter.log", term_group=True).spawn(python(code))
+    child.wait_ready(pid_file.exists, timeout_s=30)
+    time.sleep(0.2)
+    worker_pid = int(pid_file.read_text())
+    assert os.getsid(worker_pid) == worker_pid  # out of the arbiter's group: killpg cannot reach it
+    child.stop(timeout_s=5)
+    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
