@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,25 +117,34 @@ class EvalData:
     target: sp.csr_matrix
 
 
+def read_pairs(
+    path: Path, user_ids: list[str], items: dict[str, int], unknown: Callable[[str], str]
+) -> tuple[list[int], list[int]]:
+    """(user rows, item columns) of a holdout.csv; users missing from ``user_ids`` are appended to it. A
+    book missing from ``items`` is a ValueError naming the line (``unknown(book_id)`` says why)."""
+    users = {u: n for n, u in enumerate(user_ids)}
+    rows, cols = [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for line, rec in enumerate(csv.DictReader(f), start=2):
+            u, b = rec["user_id"].strip(), rec["book_id"].strip()
+            if b not in items:
+                raise ValueError(f"{path}:{line}: {unknown(b)}")
+            if u not in users:
+                users[u] = len(user_ids)
+                user_ids.append(u)
+            rows.append(users[u])
+            cols.append(items[b])
+    return rows, cols
+
+
 def read_holdout(path: Path, ds: Dataset) -> EvalData:
     """holdout.csv (user_id, book_id) against the catalog loaded from books.csv + ratings.csv.
 
     Unknown books raise ValueError; held-out pairs also in ratings.csv are dropped (no one may
     recommend them)."""
     user_ids = list(ds.interactions.user_ids)
-    users = {u: n for n, u in enumerate(user_ids)}
     items = {b: n for n, b in enumerate(ds.catalog.item_ids)}
-    rows, cols = [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for line, rec in enumerate(csv.DictReader(f), start=2):
-            u, b = rec["user_id"].strip(), rec["book_id"].strip()
-            if b not in items:
-                raise ValueError(f"{path}:{line}: unknown book_id {b!r}")
-            if u not in users:
-                users[u] = len(user_ids)
-                user_ids.append(u)
-            rows.append(users[u])
-            cols.append(items[b])
+    rows, cols = read_pairs(path, user_ids, items, lambda b: f"unknown book_id {b!r}")
     shape = (len(user_ids), len(ds.catalog))
     inter = ds.interactions
     train = sp.csr_matrix((np.ones(len(inter), np.float32), (inter.users, inter.items)), shape=shape)
@@ -182,18 +191,9 @@ def read_item_split(folder: Path) -> ItemSplit:
     new_ids = [b["item_id"] for b in new_books]
     col = {b: n for n, b in enumerate(new_ids)}
     user_ids = list(ds.interactions.user_ids)
-    row = {u: n for n, u in enumerate(user_ids)}
-    rows, cols = [], []
-    with open(folder / "holdout.csv", newline="", encoding="utf-8-sig") as f:
-        for line, rec in enumerate(csv.DictReader(f), start=2):
-            u, b = rec["user_id"].strip(), rec["book_id"].strip()
-            if b not in col:
-                raise ValueError(f"{folder / 'holdout.csv'}:{line}: {b!r} is not in new_books.json")
-            if u not in row:
-                row[u] = len(user_ids)
-                user_ids.append(u)
-            rows.append(row[u])
-            cols.append(col[b])
+    rows, cols = read_pairs(
+        folder / "holdout.csv", user_ids, col, lambda b: f"{b!r} is not in new_books.json"
+    )
     holdout = sp.csr_matrix(
         (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(user_ids), len(new_ids))
     )
