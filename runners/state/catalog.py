@@ -72,7 +72,7 @@ def _text(name: str, value: object, limit: int, *, empty: bool) -> str:
 
 
 def _item_id(value: object) -> None:
-    """The rule runners/store.Event applies to item ids: a non-empty string of bounded length."""
+    """The rule runners.state.protocol.Event applies to item ids: a non-empty string of bounded length."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
         raise ValueError(f"item_id must be a non-empty string of at most {MAX_ID_CHARS} characters")
 
