@@ -86,10 +86,12 @@ def test_triton_killed_falls_back_then_recovers(embedded: ServedFolio) -> None:
 
     wait_for(back_on_triton, 90, "not back on Triton after a restart", embedded.log_tail)
     assert embedded.alive()
-    metrics = httpx.get(f"{base}/metrics", timeout=30).text  # every ranking event reaches Prometheus
+    # Every ranking event reaches Prometheus. The watchdog counts its restart once its readiness poll
+    # returns, which can be a poll interval after traffic is back on the new server: wait for it.
     for event in ("triton_error", "breaker_open", "fallback_onnxruntime", "restart"):
         line = rf'^folio_ranking_events_total\{{[^}}]*event="{event}"[^}}]*\}} [1-9]'
-        assert re.search(line, metrics, re.M), f"no {event} in /metrics"
+        counted = lambda: re.search(line, httpx.get(f"{base}/metrics", timeout=30).text, re.M)  # noqa: B023, E731
+        wait_for(counted, 30, f"no {event} in /metrics", embedded.log_tail)
 
 
 def test_shutdown_stops_the_embedded_triton(model_tag: str, tmp_path: Path) -> None:
