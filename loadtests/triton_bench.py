@@ -65,7 +65,7 @@ from typing import Any
 import onnxruntime as ort
 
 from loadtests.harness.report import machine, save
-from loadtests.triton.config import LEVERS, PAYLOADS, PRECISIONS, SERVICE_CONFIG, TUNED
+from loadtests.triton.config import LEVERS, PAYLOADS, SERVICE_CONFIG, TUNED
 from loadtests.triton.load import closed_loop, grpc_client, open_loop, serving, warm
 from loadtests.triton.model import (
     RequestPool,
@@ -76,6 +76,7 @@ from loadtests.triton.model import (
     request_pool,
 )
 from loadtests.triton.report import markdown, plot, verdict
+from models.version import PRECISIONS
 from runners.triton.repository import model_name
 
 INT8 = model_name("int8")

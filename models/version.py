@@ -22,7 +22,7 @@ The parity rule (``parity_problems``) decides whether the reduced-precision rank
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -229,13 +229,11 @@ class VersionWriter:
     exported by their writer (training/export.py) to ``ranker_path``."""
 
     out: Path
-    written: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
-        self.written.append(name)
         return self.out / name
 
     def ranker_path(self, precision: Precision) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.version import PRECISIONS  # noqa: F401  (the benchmark's precisions: every one a version holds)
 from runners.triton.repository import MAX_CANDIDATES_PER_RUN
 
 SERVICE_CONFIG: dict[str, Any] = {  # render_triton's defaults: what the service serves

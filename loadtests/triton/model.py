@@ -17,8 +17,9 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc.aio as grpcaio
 
-from loadtests.triton.config import MERGED, PRECISIONS
+from loadtests.triton.config import MERGED
 from models import version
+from models.version import PRECISIONS
 from runners.triton.client import ranker_inputs
 
 

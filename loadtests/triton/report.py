@@ -13,12 +13,12 @@ from loadtests.harness.report import figure
 from loadtests.harness.report import num as _f
 from loadtests.triton.config import (
     MERGED,
-    PRECISIONS,
     SERVICE_CONFIG,
     TARGET_BATCHING_SPEEDUP,
     TARGET_INT8_SPEEDUP,
     TARGET_NDCG_DELTA,
 )
+from models.version import PRECISIONS
 
 
 def verdict(r: dict[str, Any]) -> dict[str, Any]:

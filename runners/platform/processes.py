@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -32,14 +33,14 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or the Bento's src): service.py lives here
 
 
-class Supervised:
+class Supervised(ABC):
     """A server as a context manager: started on entry, stopped on exit."""
 
-    def start(self) -> Self:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> Self: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
     def __enter__(self) -> Self:
         return self.start()

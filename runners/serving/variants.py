@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.version import Precision
+
 PRODUCTION = "production"
 
 
@@ -31,7 +33,7 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = PRODUCTION  # a store tag, or "production" (follows promote / rollback)
-    precision: str = Field("int8", pattern="^(int8|fp16|fp32)$")
+    precision: Precision = "int8"
     share: float = Field(0.0, ge=0.0, le=1.0)
     shadow: bool = False
 

@@ -280,11 +280,9 @@ class LocalState:
 
     # ----------------------------------------------------------------- reads
     async def snapshot(self, user_id: str) -> UserSnapshot:
-        return UserSnapshot(
-            await self.generation(user_id),
-            await self.is_forgotten(user_id),
-            list(self._hist.get(user_id, ())),
-        )
+        forgotten = await self.is_forgotten(user_id)
+        generation = self._gen.get(user_id, -1 if forgotten else 0)  # as generation(), one hash
+        return UserSnapshot(generation, forgotten, list(self._hist.get(user_id, ())))
 
     async def history(self, user_id: str) -> list[Event]:
         return list(self._hist.get(user_id, ()))

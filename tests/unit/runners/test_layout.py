@@ -13,7 +13,10 @@ from tests.paths import ROOT
 
 PROBE = """
 import importlib, json, pkgutil, sys
-import runners, service
+import runners
+from runners.serving import fleet
+fleet.primary_tag = lambda settings: "folio:stand-in"  # imported, never started: no stored version needed
+import service
 for m in pkgutil.walk_packages(runners.__path__, "runners."):
     if m.name != "runners.triton.backend_model":  # runs inside Triton, with its own imports
         importlib.import_module(m.name)
