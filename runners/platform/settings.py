@@ -50,6 +50,26 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(0.5, gt=0, le=30)
     breaker_failures: int = Field(3, ge=1, le=1000)
     breaker_reset_s: float = Field(5.0, gt=0, le=3600)
+    # admission and the state store's capacity (docs/reliability.md)
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="requests a worker serves at once; more get 503 with Retry-After at once (/recommend "
+        "may use all of it, other routes 3/4)",
+    )
+    state_timeout_s: float = Field(
+        0.5, gt=0, le=30, description="Redis socket timeout, and the longest wait for a pooled connection"
+    )
+    state_pool_size: int | None = Field(
+        None, ge=1, le=100_000, description="Redis connections per worker; unset: 2 x max_in_flight + 16"
+    )
+    state_breaker_failures: int = Field(
+        3, ge=1, le=1000, description="consecutive state-store failures that open its breaker"
+    )
+    state_breaker_reset_s: float = Field(
+        2.0, gt=0, le=3600, description="seconds the state-store breaker stays open before one probe"
+    )
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (use Redis when > 1)")
     numeric_threads: int = Field(
         1, ge=1, le=256, description="BLAS / OpenMP threads per worker (scale with workers, not this)"
