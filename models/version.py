@@ -16,12 +16,16 @@ BentoML model store (models/registry.py) versions such a directory as ``folio:<v
     metrics.json       evaluation, parity, index and content reports
     content.npz        optional: the content encoder of new books (models/content.py)
 
-The parity rule (``parity_problems``) decides whether the reduced-precision rankers may serve.
+The parity rule (``parity_problems``) decides whether the reduced-precision rankers may serve. Every
+artifact's sha256 is recorded in the stored version's metadata (``CHECKSUMS``) when it is saved and
+checked (``checksum_problems``) before it is loaded and again before it is swapped in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -68,6 +72,10 @@ NDCG_TOLERANCE = 0.002  # |NDCG@10(precision) - NDCG@10(fp32)| on validation
 BATCH_TOLERANCE = 1e-3  # max |score alone - score inside a batch|
 
 
+CHECKSUMS = "sha256"  # metadata key: {artifact name: sha256 hex digest}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 class VersionError(ValueError):
     """A version directory breaks the contract (a file missing, metadata out of bounds)."""
 
@@ -75,6 +83,40 @@ class VersionError(ValueError):
 def missing(directory: Path) -> list[str]:
     """The required artifacts ``directory`` lacks (empty: complete)."""
     return [a for a in ARTIFACTS if not (directory / a).is_file()]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """The sha256 of every artifact ``directory`` holds (required and optional)."""
+    names = [n for n in ARTIFACTS + OPTIONAL_ARTIFACTS if (directory / n).is_file()]
+    return {n: sha256(directory / n) for n in names}
+
+
+def checksum_problems(directory: Path, recorded: Any) -> list[str] | None:
+    """Where ``directory`` differs from the checksums ``recorded`` at save time (empty: intact); None when
+    nothing was recorded (a version saved before checksums existed: unverified, not intact)."""
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _HEX64.fullmatch(v) for k, v in recorded.items()
+    ):
+        return [f"metadata {CHECKSUMS!r} is not a map of artifact names to sha256 hex digests"]
+    problems = [f"no checksum recorded for {n}" for n in ARTIFACTS if n not in recorded]
+    for name, expected in sorted(recorded.items()):
+        if name not in ARTIFACTS + OPTIONAL_ARTIFACTS:
+            problems.append(f"checksum recorded for an unknown artifact {name!r}")
+        elif not (directory / name).is_file():
+            problems.append(f"missing {name}")
+        elif (actual := sha256(directory / name)) != expected:
+            problems.append(f"{name} is corrupted (sha256 {actual[:12]}, saved as {expected[:12]})")
+    return problems
 
 
 def parity_problems(parity: dict[str, dict[str, float]]) -> list[str]:

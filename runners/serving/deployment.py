@@ -16,13 +16,12 @@ import os
 from dataclasses import dataclass
 
 import bentoml
-import numpy as np
 
-from models import registry
-from models.version import PRECISIONS
+from models import registry, version
 from runners.platform.memory import freeze_long_lived
 from runners.platform.metrics import ranking_event
 from runners.platform.settings import Settings
+from runners.serving import parity_probe
 from runners.stages import served_model
 from runners.stages.pipeline import Recommender
 from runners.stages.ranking import RankingStage
@@ -81,25 +80,28 @@ async def deploy(
 
 
 async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton: bool) -> None:
+    """Triton loaded the rankers (when required), every precision ranks the probe set like FP32
+    (runners/serving/parity_probe.py), and no artifact changed since it was saved."""
     if require_triton and ranking.mode == "embedded" and not await ranking.triton_ready(timeout_s=5.0):
         raise ModelLoadError(f"{model.tag}: tritonserver did not load its rankers")
-    ids = np.unique(np.linspace(0, model.n_items - 1, 16).astype(np.int64))
-    rng = np.random.default_rng(0)
-    row = rng.standard_normal(model.spec.user_dim).astype(np.float32)
-    feats = rng.standard_normal((ids.size, len(model.spec.candidate_features))).astype(np.float32)
-    for precision in PRECISIONS:
-        result = await ranking.rank(ids, row, feats, precision)
-        if result.scores is None or result.scores.shape != ids.shape or not np.isfinite(result.scores).all():
-            raise ModelLoadError(f"{model.tag}: the {precision} ranker does not score ({result.fallback})")
-        # A Triton answering with another version's rankers (an external one not re-rendered) would
-        # score silently wrong: its FP32 scores must match this version's in-process ranker.
-        if precision == "fp32" and result.fallback == "none":
-            diff = float(np.abs(result.scores - ranking.score_in_process("fp32", ids, row, feats)).max())
-            if diff > 1e-2:
-                raise ModelLoadError(
-                    f"{model.tag}: Triton at {ranking.state()['url']} serves other rankers (max score "
-                    f"difference {diff:.3g}); render its repository from this version"
-                )
+    probes = await asyncio.to_thread(parity_probe.probe_set, model)
+    if not probes:
+        raise ModelLoadError(f"{model.tag}: no training user to probe the rankers with")
+    reports = await parity_probe.measure(ranking, probes)
+    for r in reports:
+        log.info(
+            "%s parity probe %s: top-%d agreement %.3f, score drift %.3f, scored by %s",
+            model.tag,
+            r.precision,
+            parity_probe.TOP_K,
+            r.agreement,
+            r.score_drift,
+            "triton" if r.fallback == "none" else r.fallback,
+        )
+    found = parity_probe.problems(reports, model.metadata.get("parity"), ranking.state()["url"])
+    found += version.checksum_problems(model.path, model.metadata.get(version.CHECKSUMS)) or []
+    if found:
+        raise ModelLoadError(f"{model.tag}: {'; '.join(found)}")
 
 
 async def retire(old: Deployment, grace_s: float) -> None:

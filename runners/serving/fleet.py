@@ -30,7 +30,7 @@ from typing import Any
 import bentoml
 
 from models import registry
-from models.version import PRECISIONS
+from models.version import CHECKSUMS, PRECISIONS
 from runners.http.schemas import (
     FeedbackEvent,
     FeedbackResponse,
@@ -74,6 +74,11 @@ class FeedbackRateLimited(Exception):
     def __init__(self, wait_s: float) -> None:
         super().__init__(f"retry in {wait_s:.1f} s")
         self.wait_s = wait_s
+
+
+def integrity(metadata: dict[str, Any]) -> str:
+    """What /info says of a served version's artifacts (checked against their checksums at deploy)."""
+    return "sha256 verified" if CHECKSUMS in metadata else "unverified: saved before checksums existed"
 
 
 def primary_tag(settings: Settings) -> str:
@@ -373,6 +378,7 @@ class Fleet:
             "variants": {
                 v.name: {
                     "model_version": self.deployments[v.model].tag,
+                    "integrity": integrity(self.deployments[v.model].model.metadata),
                     "precision": v.precision,
                     "share": v.share,
                     "shadow": v.shadow,

@@ -1,14 +1,17 @@
-"""`runners.serving.deployment.deploy` refuses a version the Triton it would use does not actually serve."""
+"""`runners.serving.deployment.deploy` refuses a version the Triton it would use does not actually serve,
+a ranker that scores but no longer ranks like FP32, and an artifact changed since it was saved."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from models import registry
 from runners.platform.settings import Settings
@@ -31,8 +34,28 @@ def doubled_scores(path: Path) -> None:
     onnx.save(model, path)
 
 
-def try_deploy(tag: str, triton: TritonServer, tmp_path: Path) -> str:
-    settings = Settings(triton_url=triton.grpc_url, state_dir=tmp_path)
+def random_weights(path: Path) -> None:
+    """Overwrite the ranker's largest weight tensor with random values: still valid ONNX, still finite."""
+    model = onnx.load(path)
+    big = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    old = numpy_helper.to_array(big)
+    new = np.random.default_rng(7).standard_normal(old.shape).astype(old.dtype)
+    big.CopyFrom(numpy_helper.from_array(new, big.name))
+    onnx.save(model, path)
+
+
+def saved_copy(model_tag: str, tmp_path: Path, change: Callable[[Path], None]) -> str:
+    """A new version: ``model_tag``'s artifacts with ``change`` applied to the copy before saving."""
+    stored = registry.get(model_tag)
+    changed = tmp_path / "changed"
+    shutil.copytree(stored.path, changed, ignore=shutil.ignore_patterns("model.yaml"))
+    change(changed)
+    return str(registry.save(changed, {"dataset": "synthetic"}, dict(stored.info.metadata)).tag)
+
+
+def try_deploy(tag: str, triton: TritonServer | None, tmp_path: Path) -> str:
+    """Deploy ``tag`` against an external ``triton`` (None: an embedded one)."""
+    settings = Settings(triton_url=triton.grpc_url if triton else None, state_dir=tmp_path)
 
     async def main() -> str:
         dep = await deploy(settings, LocalState(tmp_path / "j.jsonl"), tag, require_triton=True)
@@ -51,10 +74,20 @@ def test_external_triton_serving_this_version_is_accepted(
 def test_external_triton_serving_other_rankers_is_refused(
     model_tag: str, triton_server: TritonServer, tmp_path: Path
 ) -> None:
-    stored = registry.get(model_tag)
-    changed = tmp_path / "changed"
-    shutil.copytree(stored.path, changed, ignore=shutil.ignore_patterns("model.yaml"))
-    doubled_scores(changed / "ranker_fp32.onnx")
-    other = str(registry.save(changed, {"dataset": "synthetic"}, dict(stored.info.metadata)).tag)
+    other = saved_copy(model_tag, tmp_path, lambda d: doubled_scores(d / "ranker_fp32.onnx"))
     with pytest.raises(ModelLoadError, match="serves other rankers"):
         try_deploy(other, triton_server, tmp_path)
+
+
+def test_a_valid_onnx_ranker_with_corrupted_weights_is_refused(model_tag: str, tmp_path: Path) -> None:
+    """Saved with its (corrupt) checksum, so only the parity probe can tell: scored by an embedded Triton."""
+    other = saved_copy(model_tag, tmp_path, lambda d: random_weights(d / "ranker_int8.onnx"))
+    with pytest.raises(ModelLoadError, match="the int8 ranker disagrees with fp32: top-10 agreement"):
+        try_deploy(other, None, tmp_path)
+
+
+def test_an_artifact_changed_after_save_is_refused_before_loading(model_tag: str, tmp_path: Path) -> None:
+    other = saved_copy(model_tag, tmp_path, lambda d: None)
+    random_weights(Path(registry.get(other).path) / "ranker_fp16.onnx")  # rot inside the store
+    with pytest.raises(ModelLoadError, match=r"ranker_fp16.onnx is corrupted \(sha256"):
+        try_deploy(other, None, tmp_path)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,10 +25,11 @@ import pytest
 
 from models import registry
 from runners.platform.processes import ROOT, ServedFolio
+from runners.platform.redis_server import RedisServer
 from runners.platform.settings import hash_key
+from tests.integration.test_deploy_checks import random_weights
 from tests.integration.test_ranking_stage import group_gone
 from tests.integration.test_served import wait_for
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 KEY = "lifecycle-key"
@@ -50,9 +53,17 @@ class Store:
         return out.stdout.strip()
 
     def save(self, **metadata_changes: object) -> str:
-        return self.run(
-            sys.executable, "-c", SAVE, str(self.source), json.dumps(self.metadata | metadata_changes)
-        )
+        return self.save_from(self.source, **metadata_changes)
+
+    def save_from(self, source: Path, **metadata_changes: object) -> str:
+        return self.run(sys.executable, "-c", SAVE, str(source), json.dumps(self.metadata | metadata_changes))
+
+    def changed_copy(self, change: Callable[[Path], None]) -> str:
+        """A version saved from a copy of the source with ``change`` applied (its checksums match)."""
+        copy = Path(tempfile.mkdtemp(dir=self.home)) / "version"
+        shutil.copytree(self.source, copy, ignore=shutil.ignore_patterns("model.yaml"))
+        change(copy)
+        return self.save_from(copy)
 
     def path(self, tag: str) -> Path:
         name, version = tag.split(":")
@@ -167,10 +178,24 @@ def _broken_parity(versions: Store) -> str:
 
 
 def _broken_shapes(versions: Store) -> str:
+    def drop_a_book(version: Path) -> None:
+        catalog = version / "catalog.json"
+        catalog.write_text(json.dumps(json.loads(catalog.read_text())[:-1]))
+
+    return versions.changed_copy(drop_a_book)
+
+
+def _rotted_after_save(versions: Store) -> str:
     tag = versions.save()
-    catalog = versions.path(tag) / "catalog.json"
-    catalog.write_text(json.dumps(json.loads(catalog.read_text())[:-1]))
+    onnx = versions.path(tag) / "ranker_int8.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
     return tag
+
+
+def _corrupted_weights(versions: Store) -> str:
+    return versions.changed_copy(lambda version: random_weights(version / "ranker_int8.onnx"))
 
 
 @pytest.mark.parametrize(
@@ -179,6 +204,8 @@ def _broken_shapes(versions: Store) -> str:
         (_broken_missing_artifact, "missing ranker_int8.onnx"),
         (_broken_parity, "int8: NDCG@10"),
         (_broken_shapes, "item counts disagree"),
+        (_rotted_after_save, "ranker_int8.onnx is corrupted (sha256"),
+        (_corrupted_weights, "the int8 ranker disagrees with fp32"),
     ],
 )
 def test_broken_version_is_refused_and_current_keeps_serving(
