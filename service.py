@@ -9,6 +9,7 @@ ranking stage (the embedded tritonserver, or ``FOLIO_TRITON_URL``). Endpoints on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import bentoml
 from starlette.responses import JSONResponse, Response
 
 from models import registry
+from runners.http.admission import Admission, AdmissionMiddleware
 from runners.http.guard import GuardMiddleware, Runtime
 from runners.http.logs import REQUEST_ID, configure_logging
 from runners.http.schemas import (
@@ -50,7 +52,8 @@ from runners.stages.pipeline import CachedResult, InvalidEvent, UnknownItem, Wit
 from runners.stages.served_model import ModelLoadError
 from runners.state.backends import open_state
 from runners.state.catalog import Book, CatalogChange, CatalogState, open_catalog
-from runners.state.protocol import StateUnavailable
+from runners.state.protocol import StateBusy, StateUnavailable
+from runners.state.redis_state import RedisState
 
 log = logging.getLogger("runners.service")
 RUNTIME = Runtime()
@@ -69,12 +72,25 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
     )
 
 
+def busy(outcome: str) -> JSONResponse:
+    """503 for a state store that is reachable but had no free connection in time (StateBusy)."""
+    return problem(503, f"the state store is busy: {outcome}, retry shortly", {"Retry-After": "1"})
+
+
+class FolioService(bentoml_patch.PatchedService[Any]):
+    """The BentoML fixes, installed as the worker builds the app, and admission control wrapped around
+    that whole app (runners/http/admission.py)."""
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        return AdmissionMiddleware(super().to_asgi(is_main), lambda: RUNTIME.admission)
+
+
 @bentoml.service(
     name="folio",
     image=bento_image(Path(__file__).with_name("pyproject.toml")),
     traffic={"timeout": 30},
     workers=load_settings().workers,
-    service_class=bentoml_patch.PatchedService,  # the BentoML fixes, installed as the worker builds the app
+    service_class=FolioService,
 )
 class Recommender:
     # At class scope so `bentoml build` packs the served version (the first A/B variant's; by default
@@ -95,12 +111,18 @@ class Recommender:
             max_history=self.settings.max_history,
             half_life_s=self.settings.trending_half_life_s,
             hash_key=key.get_secret_value().encode() if (key := self.settings.user_hash_key) else None,
+            socket_timeout_s=self.settings.state_timeout_s,
+            max_connections=self.settings.state_pool_size or 2 * self.settings.max_in_flight + 16,
+            breaker_failures=self.settings.state_breaker_failures,
+            breaker_reset_s=self.settings.state_breaker_reset_s,
         )
         self.catalog = open_catalog(self.state, self.settings.state_dir / "catalog.jsonl")
         self.fleet = Fleet(self.settings, self.state, self.catalog, packed)
         self.drain = Drain(self.settings.drain_s)
         RUNTIME.settings, RUNTIME.state = self.settings, self.state
         RUNTIME.digests = [d.encode() for d in self.settings.api_keys]
+        RUNTIME.admission = Admission(self.settings.max_in_flight)
+        self.fleet.background_allowed = RUNTIME.admission.spare
 
     @property
     def model_version(self) -> str:
@@ -168,6 +190,8 @@ class Recommender:
             return problem(409, str(exc))
         except InvalidEvent as exc:
             return problem(400, str(exc))
+        except StateBusy:
+            return busy("feedback was not recorded")
         except StateUnavailable:
             return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
 
@@ -176,6 +200,8 @@ class Recommender:
         """Delete everything Folio holds about a user: history, cached results, rate limits, journal."""
         try:
             return await self.fleet.forget(request.user_id, REQUEST_ID.get())
+        except StateBusy:
+            return busy("nothing was deleted")
         except StateUnavailable:
             return problem(503, "the state store is unreachable: nothing was deleted, retry later")
 
@@ -191,12 +217,20 @@ class Recommender:
             "parity": meta.get("parity"),
             "precision": self.settings.precision,
             "triton": primary.ranking.state(),
-            "state": {"kind": self.state.kind, "reachable": await self.state.ping()},
+            "state": await self._state_info(),
             "config_hash": self.settings.public_hash(),
             "worker_pid": os.getpid(),
             "draining": self.drain.draining,
             **self.fleet.info(),
         }
+
+    async def _state_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": self.state.kind, "reachable": await self.state.ping()}
+        if isinstance(self.state, RedisState):  # how much acknowledged feedback a Redis crash could lose
+            info["breaker"] = self.state.breaker_state
+            with contextlib.suppress(StateUnavailable):
+                info["durability"] = await self.state.durability()
+        return info
 
     @bentoml.api(output_spec=ReloadResponse, route="/admin/reload")
     async def admin_reload(self, request: ReloadRequest, /) -> Any:
@@ -246,6 +280,8 @@ class Recommender:
             state = await self.fleet.change_catalog(changes)
         except UnknownItem as exc:
             return problem(404, str(exc))
+        except StateBusy:
+            return busy("nothing changed")
         except StateUnavailable:
             return problem(503, "the state store is unreachable: nothing changed, retry later")
         return self._catalog_response(state, len(changes))

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runners.http import limits
+from runners.http.admission import Admission
 from runners.http.identity import Scope, client_principal, header, is_open, key_matches, presented_key
 from runners.http.logs import REQUEST_ID, request_id
 from runners.platform.metrics import AUTH_FAILURES, BODY_REFUSALS
@@ -43,6 +44,7 @@ class Runtime:
     settings: Settings | None = None
     state: StateStore | None = None
     digests: list[bytes] = field(default_factory=list)
+    admission: Admission | None = None  # read by the admission middleware around the whole app
 
 
 class GuardMiddleware:

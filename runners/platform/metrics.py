@@ -102,7 +102,27 @@ HEAD_TIMEOUTS = bentoml.metrics.Counter(
     name="folio_request_head_timeouts",
     documentation="Connections closed for not sending a complete request head in time",
 )
+STATE_BUSY = bentoml.metrics.Counter(
+    name="folio_state_busy",
+    documentation="State-store calls that found every pooled Redis connection busy past the wait deadline "
+    "(StateBusy: Redis reachable, this worker saturated; not counted by the breaker), by RedisState method",
+    labelnames=["op"],
+)
+STATE_BREAKER = bentoml.metrics.Counter(
+    name="folio_state_breaker_events",
+    documentation="State-store circuit breaker: opened, closed (a probe succeeded), refused (a call failed "
+    "at once while open)",
+    labelnames=["event"],
+)
 
+SHED = bentoml.metrics.Counter(
+    name="folio_requests_shed",
+    documentation="Requests refused with 503 + Retry-After at once: the worker was at its in-flight bound",
+    labelnames=["route"],
+)
+IN_FLIGHT = bentoml.metrics.Gauge(
+    name="folio_requests_in_flight", documentation="Requests this worker is serving now (admitted)"
+)
 
 # When set (a dict), `timed` also adds each stage's seconds to it: per-request breakdowns for scripts.
 STAGE_TRACE: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(

@@ -1,17 +1,21 @@
-"""A real `redis-server` for tests: free port, no persistence, readiness polled, fails fast if it dies.
+"""A real `redis-server` for the tests and the fault suite (loadtests/faults): free port, readiness polled,
+fails fast if it dies. Test and benchmark code, like ServedFolio; the service never starts it.
 
-Use `with RedisServer(tmp_path) as server:` (skips the test when redis-server is not on PATH), connect to
-`server.url`, and call `server.stop()` then `server.start()` to take Redis away and bring it back on the
-same port (empty: nothing is persisted).
+Use `with RedisServer(tmp_path) as server:` (under pytest, skips the test when redis-server is not on
+PATH; elsewhere a RuntimeError says so), connect to `server.url`, and call `server.stop()` then
+`server.start()` to take Redis away and bring it back on the same port. Without `appendfsync` nothing is
+persisted (it comes back empty); with it ("always", "everysec" as the deploy manifests, "no") Redis keeps
+an append-only file in `workdir` and replays it when started again, so a SIGKILL of `server.pid` followed
+by `start()` is a crash and a restart on the same AOF.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from runners.platform.processes import ChildProcess, Supervised, free_port
@@ -20,23 +24,39 @@ from runners.platform.processes import ChildProcess, Supervised, free_port
 def redis_server_binary() -> str:
     path = shutil.which("redis-server")
     if path is None:
-        pytest.skip("redis-server is not on PATH (install redis to run the Redis integration tests)")
+        why = "redis-server is not on PATH (install redis to run the Redis integration tests)"
+        if "pytest" in sys.modules:  # a test: skipped, not failed, where Redis is not installed
+            import pytest
+
+            pytest.skip(why)
+        raise RuntimeError(why)
     return path
 
 
 class RedisServer(Supervised):
-    def __init__(self, workdir: Path, port: int | None = None, startup_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        startup_timeout_s: float = 10.0,
+        appendfsync: str | None = None,
+    ) -> None:
         self.binary = redis_server_binary()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
+        self.appendfsync = appendfsync
         self.log_path = self.workdir / f"redis-{self.port}.log"
         self._child = ChildProcess(f"redis-server on port {self.port}", self.log_path, own_group=False)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
@@ -59,8 +79,11 @@ class RedisServer(Supervised):
                 return False
 
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(self.workdir)]
-        self._child.spawn(args)
+        if self.appendfsync is None:
+            args += ["--appendonly", "no"]
+        else:
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+        self._child.spawn([*args, "--dir", str(self.workdir)])
         self._child.wait_ready(ready, self.startup_timeout_s, poll_s=0.02, max_poll_s=0.02)
         return self
 

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,6 +108,7 @@ class Fleet:
         self._watcher: asyncio.Task[None] | None = None
         self._catalog_follower: asyncio.Task[None] | None = None
         self._age_reporter: asyncio.Task[None] | None = None
+        self.background_allowed: Callable[[], bool] = lambda: True  # the service: the worker is not busy
 
     @property
     def primary(self) -> Deployment:
@@ -176,7 +177,7 @@ class Fleet:
             VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(result.n_items)
             return result
         VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(len(result.items))
-        for shadow in self.config.shadows:
+        for shadow in self.config.shadows if self.background_allowed() else ():
             if self.assigner.sampled_for_shadow(request_id):
                 self._background(self._shadow(shadow, req, result))
         return result
@@ -245,8 +246,8 @@ class Fleet:
     async def admin_reload(self, tag: str | None) -> tuple[str, str]:
         """/admin/reload: ``reload`` here, then recorded for every other worker's watcher."""
         new, previous = await self.reload(tag)
-        prod = await asyncio.to_thread(registry.production)
-        record = json.dumps({"tag": new, "production": None if prod is None else str(prod.tag)})
+        prod = await asyncio.to_thread(registry.production_tag)
+        record = json.dumps({"tag": new, "production": prod})
         try:
             await self.state.set_shared(RELOAD_KEY, record)
         except StateUnavailable:
@@ -261,8 +262,7 @@ class Fleet:
         async with self._lock:
             current = self.deployments[PRODUCTION]
             if tag is None:
-                prod = await asyncio.to_thread(registry.production)
-                tag = str(prod.tag) if prod is not None else current.tag
+                tag = await asyncio.to_thread(registry.production_tag) or current.tag
             else:  # the full tag, so that another spelling of the served version is a no-op
                 tag = str((await asyncio.to_thread(registry.get, tag)).tag)
             if tag == current.tag:
@@ -291,8 +291,8 @@ class Fleet:
         while True:
             await asyncio.sleep(self.settings.model_watch_s)
             try:
-                prod = await asyncio.to_thread(registry.production)
-                prod_tag = None if prod is None else str(prod.tag)
+                # stats each version's model.yaml, parses only changed ones: no GIL-long stall per poll
+                prod_tag = await asyncio.to_thread(registry.production_tag)
                 if prod_tag is not None and prod_tag != seen:
                     seen = prod_tag
                     await self.reload(seen)

@@ -36,6 +36,12 @@ class CircuitBreaker:
             return True
         return False
 
+    def probe_now(self) -> None:
+        """The backend says it is back (e.g. reports ready): let one probe through at once instead of
+        waiting out the rest of ``reset_s``."""
+        if self._state == "open":
+            self._since = self._clock() - self.reset_s
+
     def record_success(self) -> None:
         self._state, self._consecutive, self._probe_out = "closed", 0, False
 

@@ -21,6 +21,9 @@ breaker (stages/breaker.py), the Triton client (triton/client.py), the in-proces
 watchdog restarts) ("embedded"); neither: ONNX Runtime only ("disabled"). One gRPC client, opened in
 start() and closed in close() (same event loop as rank()).
 
+While the breaker is open, Triton's readiness is polled every ``RECOVERY_POLL_S``; once it answers
+ready (or the watchdog restarted it) the breaker lets a probe through at once, not after ``breaker_reset_s``.
+
 Events (`counters`, and `on_event(name, value)` if given): RankingEvent, counts of value 1 except
 triton_latency_s (seconds).
 """
@@ -28,6 +31,7 @@ triton_latency_s (seconds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -46,6 +50,7 @@ from runners.triton.embedded import EmbeddedTriton
 from runners.triton.server import TritonServer
 
 log = logging.getLogger(__name__)
+RECOVERY_POLL_S = 0.25
 
 Fallback = Literal["none", "onnxruntime", "popularity"]
 FALLBACKS: tuple[Fallback, ...] = get_args(Fallback)
@@ -102,6 +107,7 @@ class RankingStage:
             else None
         )
         self._client: triton_client.Client | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def server(self) -> TritonServer | None:
@@ -118,6 +124,10 @@ class RankingStage:
             self._client = triton_client.open_client(self._url)
 
     async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         if self.embedded is not None:
             await self.embedded.close()
         if self._client is not None:
@@ -133,6 +143,7 @@ class RankingStage:
             old, self._client = self._client, triton_client.open_client(url)
             if old is not None:
                 await old.close()
+        self.breaker.probe_now()
 
     async def rank(
         self,
@@ -159,6 +170,8 @@ class RankingStage:
                 if self.breaker.opens > opens:
                     self._event("breaker_open")
                     log.warning("Triton breaker opened after: %r", exc)
+                    if self._recovery is None or self._recovery.done():
+                        self._recovery = asyncio.create_task(self._await_recovery())
                 else:
                     log.debug("Triton call failed: %r", exc)
             else:
@@ -207,6 +220,14 @@ class RankingStage:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         return cast(Precision, precision)
+
+    async def _await_recovery(self) -> None:
+        """While the breaker is open: probe as soon as Triton reports ready again."""
+        while self.breaker.state == "open":
+            await asyncio.sleep(RECOVERY_POLL_S)
+            if await self.triton_ready(timeout_s=RECOVERY_POLL_S):
+                self.breaker.probe_now()
+                return
 
     async def triton_ready(self, timeout_s: float = 1.0) -> bool:
         """Triton server ready and the default precision's model loaded (never raises)."""

@@ -9,7 +9,13 @@ from runners.state.local import LocalState
 from runners.state.protocol import StateStore
 from runners.state.redis_state import RedisState
 
+# RedisState's connection knobs: a worker without Redis has no pool, socket or breaker to configure.
+REDIS_ONLY = frozenset({"socket_timeout_s", "max_connections", "breaker_failures", "breaker_reset_s"})
+
 
 def open_state(redis_url: str | None, journal_path: Path, **kw: Any) -> StateStore:
-    """RedisState when a URL is given (lazy: see RedisState.connect), else LocalState on `journal_path`."""
-    return RedisState(redis_url, **kw) if redis_url else LocalState(journal_path, **kw)
+    """RedisState when a URL is given (lazy: see RedisState.connect), else LocalState on `journal_path`
+    (which ignores the REDIS_ONLY knobs; any other keyword it does not take is still a TypeError)."""
+    if redis_url:
+        return RedisState(redis_url, **kw)
+    return LocalState(journal_path, **{k: v for k, v in kw.items() if k not in REDIS_ONLY})

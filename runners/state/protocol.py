@@ -95,6 +95,12 @@ class StateUnavailable(RuntimeError):
     """The backing store (Redis) cannot be reached; the message names the URL (never a password)."""
 
 
+class StateBusy(StateUnavailable):
+    """The store is reachable but every pooled connection stayed busy past the wait deadline (this worker
+    is saturated, not the store down). A StateUnavailable, so "not now" callers need no change; it never
+    counts toward the store's circuit breaker and is never retried."""
+
+
 @dataclass
 class UserSnapshot:
     """What a request needs of a user, read in one call (one Redis round trip): the cache generation

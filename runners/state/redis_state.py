@@ -18,16 +18,26 @@ Redis keys (all under `prefix`, default "folio:"):
     hashkey       the HMAC key, when FOLIO_USER_HASH_KEY is not set (generated once, shared by workers)
 
 RedisState raises `StateUnavailable` for every Redis error; it connects lazily (use `RedisState.connect` to
-fail fast at start-up). Its connection pool blocks for a free connection (up to the socket timeout)
-instead of failing at once when all are busy.
-
+fail fast at start-up). Failures, by kind:
+    busy         all `max_connections` pooled connections stayed in use for `socket_timeout_s` (a caller
+                 waits that long for one): `StateBusy` (a StateUnavailable), counted in `busy_errors` and
+                 folio_state_busy{op}; never retried, never counted by the breaker. Size the pool for the
+                 worker's concurrency.
+    unreachable  connection refused / reset / timed out (`socket_timeout_s`): `StateUnavailable`; one
+                 immediate retry on a connection error only (a pooled connection gone stale when Redis
+                 restarted). `breaker_failures` of these in a row open the circuit breaker
+                 (runners/stages/breaker.py): every call then fails at once for `breaker_reset_s`, then
+                 one call (or `ping`) is the half-open probe; a success closes it. A hung Redis thus costs
+                 one timeout per breaker period, not one per call. `breaker_state` says where it is.
+    error reply  Redis answered with an error: `StateUnavailable`; counts as reachable for the breaker.
+`durability()` reports Redis's persistence (AOF on, appendfsync) and the window of acknowledged writes a
+crash can lose (deploy/README.md, "Durability").
 
 The Lua scripts it runs atomically are files in runners/state/lua/.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -44,10 +54,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runners.platform.metrics import STATE_BREAKER, STATE_BUSY
+from runners.stages.breaker import CircuitBreaker
 from runners.state.protocol import (
     Event,
+    StateBusy,
     StateUnavailable,
     UserSnapshot,
     check_bucket,
@@ -66,11 +80,39 @@ def lua_script(name: str) -> str:
     return (LUA_DIR / f"{name}.lua").read_text()
 
 
+# Errors that mean Redis did not answer (what the breaker counts); an error reply means it did.
+UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class PoolExhausted(RedisError):
+    """No pooled connection came free before the pool's deadline. Not a ConnectionError, so redis-py's
+    retry never repeats it and nothing here mistakes it for an unreachable Redis."""
+
+
+class WaitingPool(aioredis.BlockingConnectionPool):
+    """redis-py's BlockingConnectionPool (a caller waits up to `timeout` for a free connection), whose
+    wait past the deadline raises PoolExhausted instead of ConnectionError("No connection available.")."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:  # the wait's timeout is its only error chained from a timeout
+            if isinstance(exc.__cause__, TimeoutError) and "No connection available" in str(exc):
+                raise PoolExhausted(
+                    f"no pooled connection came free within {self.timeout}s "
+                    f"(max_connections={self.max_connections})"
+                ) from exc
+            raise
+
+
 @contextlib.contextmanager
 def redis_errors(url: str) -> Iterator[None]:
-    """Every Redis (or socket) error inside, as StateUnavailable naming the (redacted) URL."""
+    """Every Redis (or socket) error inside, as StateUnavailable naming the (redacted) URL; a pool wait
+    past its deadline as StateBusy."""
     try:
         yield
+    except PoolExhausted as exc:
+        raise StateBusy(f"redis at {url}: busy: {exc}") from exc
     except (RedisError, OSError) as exc:
         raise StateUnavailable(f"redis at {url}: {type(exc).__name__}: {exc}") from exc
 
@@ -83,8 +125,23 @@ def redact_url(url: str) -> str:
     return urlunsplit(p._replace(netloc=netloc))
 
 
+def loss_window(aof: bool, appendfsync: str | None, rdb_save: str | None) -> str:
+    """What a crash can lose of acknowledged writes, given Redis's persistence settings."""
+    if not aof:
+        if rdb_save == "":
+            return "everything: not persisted (no AOF, no RDB snapshots)"
+        return "everything since the last RDB snapshot (AOF off)"
+    return {
+        "always": "none: each write is fsynced before Redis acknowledges it",
+        "everysec": "about 1 s of writes (up to 2 s while fsync is slow) on a host crash or power loss; "
+        "a crash of redis-server alone loses only writes held back by a slow fsync",
+        "no": "writes the OS has not flushed yet (about 30 s on Linux) on a host crash or power loss",
+    }.get(str(appendfsync), f"unknown (appendfsync {appendfsync!r} not readable)")
+
+
 class RedisState:
-    """Shared state in Redis (`redis.asyncio`), lazily connected; every Redis error -> StateUnavailable."""
+    """Shared state in Redis (`redis.asyncio`), lazily connected; every Redis error -> StateUnavailable
+    (StateBusy when the pool stayed full), behind a circuit breaker (see the module docstring)."""
 
     kind = "redis"
 
@@ -99,8 +156,17 @@ class RedisState:
         socket_timeout_s: float = 0.5,
         cache_fields: int = 32,
         max_connections: int = 200,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 2.0,
         hash_key: bytes | None = None,
     ) -> None:
+        if max_connections < 1 or not socket_timeout_s > 0:
+            raise ValueError(
+                f"need max_connections >= 1 and socket_timeout_s > 0, got {max_connections}, "
+                f"{socket_timeout_s}"
+            )
+        self._breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
+        self.busy_errors = 0  # calls that found the pool full past the deadline (StateBusy)
         self.url, self.prefix = redact_url(url), prefix
         self.max_history, self.half_life_s, self.stream_maxlen = max_history, half_life_s, stream_maxlen
         self.socket_timeout_s, self.cache_fields = socket_timeout_s, cache_fields
@@ -111,8 +177,8 @@ class RedisState:
         # Redis restarted. Timeouts are not retried (a retried MULTI/EXEC whose reply was late would apply
         # twice; only a connection cut between EXEC and its reply still can), so a slow or unreachable
         # Redis fails within about 2 * socket_timeout_s. The pool waits (up to the socket timeout) for a
-        # free connection: a busy Redis is not a down Redis.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        # free connection, then raises PoolExhausted (not retried): a busy Redis is not a down Redis.
+        pool = WaitingPool.from_url(
             url,
             max_connections=max_connections,
             timeout=socket_timeout_s,
@@ -144,12 +210,58 @@ class RedisState:
     def _k(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
 
-    def _guard(self) -> contextlib.AbstractContextManager[None]:
-        return redis_errors(self.url)
+    @property
+    def breaker_state(self) -> str:
+        """The state-store breaker: "closed", "open" (calls fail at once) or "half_open" (one probe)."""
+        return self._breaker.state
+
+    @contextlib.contextmanager
+    def _guard(self, op: str) -> Iterator[None]:
+        """Run Redis calls through the breaker; their errors as StateUnavailable / StateBusy."""
+        if not self._breaker.allow():
+            STATE_BREAKER.labels(event="refused").inc()
+            raise StateUnavailable(
+                f"redis at {self.url}: unreachable, circuit open after {self._breaker.failures} "
+                f"consecutive failures (a probe every {self._breaker.reset_s:g}s)"
+            )
+        try:
+            with redis_errors(self.url):
+                yield
+        except StateBusy:  # reachable but saturated: the breaker learns nothing from it
+            self.busy_errors += 1
+            STATE_BUSY.labels(op=op).inc()
+            raise
+        except StateUnavailable as exc:
+            if isinstance(exc.__cause__, UNREACHABLE):
+                self._failed(op, exc)
+            else:
+                self._succeeded()  # an error reply: Redis answered
+            raise
+        else:
+            self._succeeded()
+
+    def _succeeded(self) -> None:
+        if self._breaker.state != "closed":
+            STATE_BREAKER.labels(event="closed").inc()
+            log.info("state store %s answers again: breaker closed", self.url)
+        self._breaker.record_success()
+
+    def _failed(self, op: str, exc: StateUnavailable) -> None:
+        opens, probing = self._breaker.opens, self._breaker.state == "half_open"
+        self._breaker.record_failure()
+        if self._breaker.opens != opens:
+            STATE_BREAKER.labels(event="opened").inc()
+            log.log(  # a failed probe re-opens it once a period: a warning only for the first opening
+                logging.DEBUG if probing else logging.WARNING,
+                "state store breaker opened (%s, %s): calls fail at once for %gs, then one probe",
+                op,
+                exc,
+                self._breaker.reset_s,
+            )
 
     async def user_key(self, user_id: str) -> str:
         if self._key is None:  # shared by every worker: made once by whoever comes first
-            with self._guard():
+            with self._guard("user_key"):
                 await self._r.set(self._k("hashkey"), secrets.token_hex(32), nx=True)
                 self._key = str(await self._r.get(self._k("hashkey"))).encode()
         return keyed_user_hash(self._key, user_id)
@@ -164,7 +276,7 @@ class RedisState:
             (e.to_json(), repr(log2_weight(float(w), e.ts, self.half_life_s)))
             for e, w in zip(events, weights, strict=True)
         ]
-        with self._guard():
+        with self._guard("append_events"):
             async with self._r.pipeline(transaction=True) as p:
                 for e, (js, x) in zip(events, rows, strict=True):
                     p.rpush(self._k("hist", e.user_id), js)
@@ -185,7 +297,7 @@ class RedisState:
         return await self._read_user(user_id, with_history=True)
 
     async def history(self, user_id: str) -> list[Event]:
-        with self._guard():
+        with self._guard("history"):
             rows = await self._r.lrange(self._k("hist", user_id), 0, -1)
         return [Event.from_json(r) for r in rows]
 
@@ -195,7 +307,7 @@ class RedisState:
     async def _read_user(self, user_id: str, *, with_history: bool) -> UserSnapshot:
         """One pipelined round trip: the generation, the forgotten flag and, if asked, the history."""
         key = await self.user_key(user_id)
-        with self._guard():
+        with self._guard("snapshot"):
             async with self._r.pipeline(transaction=False) as p:
                 p.get(self._k("gen", user_id))
                 p.sismember(self._k("forgotten", "k"), key)
@@ -206,7 +318,7 @@ class RedisState:
         return UserSnapshot(generation, bool(forgotten), rows[0] if rows else [], Event.from_json)
 
     async def cache_get(self, user_id: str, field: str) -> str | None:
-        with self._guard():
+        with self._guard("cache_get"):
             raw = await self._r.hget(self._k("cache", user_id), field)
         if raw is None:
             return None
@@ -218,12 +330,12 @@ class RedisState:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         record = json.dumps({"v": value, "exp": time.time() + ttl_s})
         args: list[str | int] = [field, record, self.cache_fields, math.ceil(ttl_s * 1000)]
-        with self._guard():  # bounded per user: fields of older generations expire with the key
+        with self._guard("cache_put"):  # bounded per user: fields of older generations expire with the key
             await self._cache_put(keys=[self._k("cache", user_id)], args=args)
 
     async def trending(self, now: float | None = None, top: int | None = None) -> dict[str, float]:
         now = time.time() if now is None else now
-        with self._guard():
+        with self._guard("trending"):
             rows = await self._r.zrevrange(
                 self._trend_key, 0, -1 if top is None else top - 1, withscores=True
             )
@@ -235,7 +347,7 @@ class RedisState:
     ) -> float:
         check_bucket(costs, rate_per_s, burst)
         args: list[str | int] = [repr(float(rate_per_s)), burst, "" if now is None else repr(float(now))]
-        with self._guard():
+        with self._guard("take_tokens"):
             keys = [self._k("rl", b) for b in costs]
             return float(await self._tokens(keys=keys, args=[*args, *costs.values()]))
 
@@ -248,7 +360,7 @@ class RedisState:
         keys = [self._k(k, user_id) for k in ("fids", "hist", "gen", "cache")]
         keys += [self._k("rl", f"user:{user_id}"), self._k("forgotten", "k"), self._k("purge"), purge_list]
         keys.append(self._k("feedback"))
-        with self._guard():
+        with self._guard("forget"):
             await self._forget(keys=keys, args=[key, self.stream_maxlen])
             # this forget's entries, then any a crashed forget left behind
             for pending in [purge_list, *await self._r.smembers(self._k("purge"))]:
@@ -257,23 +369,52 @@ class RedisState:
 
     async def is_forgotten(self, user_id: str) -> bool:
         key = await self.user_key(user_id)
-        with self._guard():
+        with self._guard("is_forgotten"):
             return bool(await self._r.sismember(self._k("forgotten", "k"), key))
 
     async def get_shared(self, name: str) -> str | None:
-        with self._guard():
+        with self._guard("get_shared"):
             value = await self._r.get(self._k("shared", name))
         return None if value is None else str(value)
 
     async def set_shared(self, name: str, value: str) -> None:
-        with self._guard():
+        with self._guard("set_shared"):
             await self._r.set(self._k("shared", name), value)
 
     async def ping(self) -> bool:
+        """Whether Redis answers: False at once (no round trip) while the breaker is open; otherwise a
+        PING (the probe when half-open), bounded by the pool wait and the socket timeouts. A pool that
+        stayed full answers with the breaker after that wait: True unless the calls holding its
+        connections failed meanwhile (a busy Redis is up; a hung one fills the pool too)."""
         try:
-            return bool(await asyncio.wait_for(self._r.ping(), timeout=self.socket_timeout_s))
-        except (TimeoutError, RedisError, OSError):
+            with self._guard("ping"):
+                return bool(await self._r.ping())
+        except StateBusy:
+            return self._breaker.state == "closed"
+        except StateUnavailable:
             return False
+
+    async def durability(self) -> dict[str, Any]:
+        """Redis's persistence as an operator needs it: `aof_enabled` (INFO persistence), `appendfsync`
+        and `rdb_save` (CONFIG GET; None where CONFIG is not allowed) and `window`, the acknowledged
+        writes a crash can lose. Raises StateUnavailable."""
+        with self._guard("durability"):
+            info = await self._r.info("persistence")
+            config: dict[str, Any] = {}
+            with contextlib.suppress(ResponseError):  # CONFIG may be renamed or denied (managed Redis)
+                for name in ("appendfsync", "save"):
+                    config[name] = (await self._r.config_get(name)).get(name)
+        aof, fsync, save = (
+            bool(int(info.get("aof_enabled", 0))),
+            config.get("appendfsync"),
+            config.get("save"),
+        )
+        return {
+            "aof_enabled": aof,
+            "appendfsync": fsync,
+            "rdb_save": save,
+            "window": loss_window(aof, fsync, save),
+        }
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runners.platform.redis_server import RedisServer
 from runners.triton.repository import render_triton
 from runners.triton.server import TritonServer
-from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

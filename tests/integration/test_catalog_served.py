@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from runners.platform.processes import ServedFolio
+from runners.platform.redis_server import RedisServer
 from runners.platform.settings import hash_key
 from runners.triton.server import TritonServer
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 KEY = "catalog-key"

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from runners.platform.processes import ROOT, ServedFolio
+from runners.platform.redis_server import RedisServer
 from runners.platform.settings import hash_key
 from tests.integration.test_served import wait_for
-from tests.redis_server import RedisServer
 from tests.synthetic_catalog import write_catalog
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from runners.platform.redis_server import RedisServer
 from runners.state.protocol import Event
 from runners.state.redis_state import RedisState
-from tests.redis_server import RedisServer
 from training.feedback import exported_files
 
 T0 = 1_790_000_000.0

@@ -105,7 +105,7 @@ def test_killed_triton_falls_back_then_watchdog_restores_it(
             triton_url=None,
             timeout_s=5.0,
             breaker_failures=2,
-            breaker_reset_s=0.5,
+            breaker_reset_s=3600.0,  # traffic returns once Triton is back, not once the breaker times out
             work_dir=tmp_path / "work",
         )
         await stage.start()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from runners.platform.redis_server import RedisServer
 from runners.state.catalog import CatalogChange, CatalogLog, RedisCatalog, open_catalog
 from runners.state.protocol import StateUnavailable
 from runners.state.redis_state import RedisState
 from tests.contracts.catalog_log import DUNE, Backend, CatalogContract
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

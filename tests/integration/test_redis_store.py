@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from runners.platform.redis_server import RedisServer, dump_all, free_port
 from runners.state.protocol import StateStore, StateUnavailable
 from runners.state.redis_state import RedisState
 from tests.contracts.state_store import ALICE, BOB, T0, Backend, StoreContract, ev
-from tests.redis_server import RedisServer, dump_all, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_outage_raises_state_unavailable_fast_and_recovers(tmp_path: Path) -> No
     with RedisServer(tmp_path) as server:
 
         async def main() -> None:
-            s = RedisState(server.url)
+            s = RedisState(server.url, breaker_failures=3, breaker_reset_s=0.3)
             await s.append_events([ev(ALICE, "b1", T0)], [1.0])
             server.stop()
             for call in (
@@ -102,10 +102,14 @@ def test_outage_raises_state_unavailable_fast_and_recovers(tmp_path: Path) -> No
                 with pytest.raises(StateUnavailable, match=f"127.0.0.1:{server.port}"):
                     await call()
                 assert time.monotonic() - started < 2.0
+            assert s.breaker_state == "open"  # the 3 refused connections opened it; forget failed at once
             assert await s.ping() is False
 
             server.start()  # same port, empty (no persistence)
-            assert await s.ping() is True
+            assert await s.ping() is False  # the breaker is still open: no round trip yet
+            await asyncio.sleep(0.3)
+            assert await s.ping() is True  # the half-open probe
+            assert s.breaker_state == "closed"
             await s.append_events([ev(ALICE, "b3", T0)], [1.0])
             assert [e.item_id for e in await s.history(ALICE)] == ["b3"]
             assert await s.take_token("user:x", 1.0, 1) == 0.0

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from runners.platform.processes import ServedFolio
+from runners.platform.redis_server import RedisServer, dump_all
 from runners.triton.server import TritonServer
-from tests.redis_server import RedisServer, dump_all
+from tests.integration.test_served import wait_for
 
 pytestmark = pytest.mark.integration
 BURST = 40
@@ -103,12 +104,16 @@ def test_redis_stopped_still_serves(
         assert client.post("/trending", json={"k": 3}).status_code == 200
         r = client.post("/feedback", json={"user_id": "u1", "item_id": "b1", "event": "click"})
         assert r.status_code == 503 and "not recorded" in r.text
-        assert client.post("/info", json={}).json()["state"] == {"kind": "redis", "reachable": False}
+        state = client.post("/info", json={}).json()["state"]
+        assert (state["kind"], state["reachable"], state["breaker"]) == ("redis", False, "open"), state
         assert served.alive()
     finally:
         redis_server.start()
-    r = client.post("/feedback", json={"user_id": "u1", "item_id": "b1", "event": "click"})
-    assert r.status_code == 200, r.text
+    feedback = {"user_id": "u1", "item_id": "b1", "event": "click"}
+    # the state-store breaker lets one probe through once FOLIO_STATE_BREAKER_RESET_S has passed
+    wait_for(lambda: client.post("/feedback", json=feedback).status_code == 200, 10, "feedback refused")
+    state = client.post("/info", json={}).json()["state"]
+    assert state["breaker"] == "closed" and state["durability"]["aof_enabled"] is not None, state
 
 
 def test_journal_is_unused_with_redis(served: ServedFolio) -> None:

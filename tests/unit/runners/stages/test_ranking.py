@@ -122,6 +122,18 @@ def test_breaker_lost_probe_is_replaced_after_reset_s() -> None:
     assert b.allow()
 
 
+def test_breaker_probes_at_once_when_the_backend_is_back() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=1, reset_s=5.0, clock=clock)
+    b.probe_now()  # closed: nothing to do
+    assert b.state == "closed"
+    b.record_failure()
+    clock.now += 0.5
+    assert not b.allow()
+    b.probe_now()
+    assert b.state == "half_open" and b.allow() and not b.allow()  # still only one probe
+
+
 def test_breaker_ignores_failures_of_calls_in_flight_when_it_opened() -> None:
     clock = Clock()
     b = CircuitBreaker(failures=1, reset_s=5.0, clock=clock)

@@ -1,0 +1,87 @@
+"""Admission control: a bound on the requests one worker serves at once.
+
+Past the bound a request is refused at once with 503 and ``Retry-After`` (nothing read, nothing
+written), so an overloaded worker keeps answering the requests it admitted within their latency budget
+instead of queueing everything until every answer is late (docs/reliability.md). ``/recommend`` may use
+every slot; other routes (feedback, similar, trending, admin) only ``OTHER_SHARE`` of them, so they can
+never crowd recommendations out. Health, metrics and docs routes are not counted (``is_open``). Shadow
+scoring (runners/serving/fleet.py) runs only while the worker is less than half busy.
+
+``AdmissionMiddleware`` is the outermost ASGI layer (service.py wraps BentoML's whole app with it), so a
+refusal costs no tracing span, metrics middleware, access-log line or request timer: shedding must stay
+cheap for the worker to keep its capacity for the requests it admitted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from runners.http.identity import Scope, header, is_open
+from runners.http.logs import request_id
+from runners.platform.metrics import IN_FLIGHT, SHED
+
+PRIORITY_ROUTE = "/recommend"
+OTHER_SHARE = 0.75
+RETRY_AFTER_S = 1
+
+
+class Admission:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the in-flight bound must be at least 1, got {limit}")
+        self.limit = limit
+        self.other_limit = max(1, int(limit * OTHER_SHARE))
+        self.in_flight = 0
+
+    def enter(self, path: str) -> bool:
+        """Admit a request (then ``leave`` when it is answered) or refuse it (False: answer 503)."""
+        priority = path == PRIORITY_ROUTE
+        if self.in_flight >= (self.limit if priority else self.other_limit):
+            SHED.labels(route=PRIORITY_ROUTE if priority else "other").inc()
+            return False
+        self.in_flight += 1
+        IN_FLIGHT.set(self.in_flight)
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        IN_FLIGHT.set(self.in_flight)
+
+    def spare(self) -> bool:
+        """Less than half busy: background work (shadow scoring) may run."""
+        return self.in_flight < self.limit / 2
+
+
+class AdmissionMiddleware:
+    """``admission()`` is read per request (the service creates it once its settings are loaded; None:
+    admit everything)."""
+
+    def __init__(self, app: Any, admission: Callable[[], Admission | None]) -> None:
+        self.app, self.admission = app, admission
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        admission = self.admission() if scope["type"] == "http" and not is_open(scope["path"]) else None
+        if admission is None:
+            await self.app(scope, receive, send)
+            return
+        if not admission.enter(scope["path"]):
+            await _refuse(send, request_id(header(scope, b"x-request-id")))
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.leave()
+
+
+async def _refuse(send: Any, rid: str) -> None:
+    body = json.dumps({"error": "the server is at capacity: retry shortly", "request_id": rid}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_S).encode()),
+        (b"x-request-id", rid.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
