@@ -121,7 +121,7 @@ class Recommender:
         self.drain = Drain(self.settings.drain_s)
         RUNTIME.settings, RUNTIME.state = self.settings, self.state
         RUNTIME.digests = [d.encode() for d in self.settings.api_keys]
-        RUNTIME.admission = Admission(self.settings.max_in_flight)
+        RUNTIME.admission = Admission(self.settings.max_in_flight, self.settings.shed_loop_lag_s)
         self.fleet.background_allowed = RUNTIME.admission.spare
 
     @property
@@ -131,12 +131,16 @@ class Recommender:
     @bentoml.on_startup
     async def _start(self) -> None:
         self.drain.install(asyncio.get_running_loop())
+        if RUNTIME.admission is not None:
+            RUNTIME.admission.start()
         if not await self.state.ping():  # serve anyway: reads degrade, writes answer 503 until it is back
             log.warning("state store %s unreachable at start-up", self.state.kind)
         await self.fleet.start()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
+        if RUNTIME.admission is not None:
+            await RUNTIME.admission.stop()
         await self.fleet.close()
         await self.catalog.close()
         await self.state.close()

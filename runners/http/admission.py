@@ -1,8 +1,11 @@
-"""Admission control: a bound on the requests one worker serves at once.
+"""Admission control: a bound on the requests one worker serves at once, and on how late its event loop
+may run.
 
-Past the bound a request is refused at once with 503 and ``Retry-After`` (nothing read, nothing
-written), so an overloaded worker keeps answering the requests it admitted within their latency budget
-instead of queueing everything until every answer is late (docs/reliability.md). ``/recommend`` may use
+Past the bound (``FOLIO_MAX_IN_FLIGHT``), or while the event loop runs more than ``FOLIO_SHED_LOOP_LAG_S``
+behind (``LoopLag``: requests then wait unread in socket buffers, where no count can see them), a new
+request is refused at once with 503 and ``Retry-After`` (nothing read, nothing written), so an
+overloaded worker keeps answering the requests it admitted within their latency budget instead of
+queueing everything until every answer is late (docs/reliability.md). ``/recommend`` may use
 every slot; other routes (feedback, similar, trending, admin) only ``OTHER_SHARE`` of them, so they can
 never crowd recommendations out. Health, metrics and docs routes are not counted (``is_open``). Shadow
 scoring (runners/serving/fleet.py) runs only while the worker is less than half busy.
@@ -14,7 +17,10 @@ cheap for the worker to keep its capacity for the requests it admitted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,19 +33,60 @@ OTHER_SHARE = 0.75
 RETRY_AFTER_S = 1
 
 
+class LoopLag:
+    """How late the event loop runs: a task sleeps ``interval_s`` again and again; ``now()`` is the larger
+    of its last wake's delay and how overdue its next wake already is (a busy loop shows before the task
+    gets to run)."""
+
+    def __init__(self, interval_s: float = 0.005, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s, self._clock = interval_s, clock
+        self.last = 0.0
+        self._due = clock() + interval_s
+
+    def now(self) -> float:
+        return max(self.last, self._clock() - self._due)
+
+    async def run(self) -> None:
+        while True:
+            self._due = self._clock() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.last = max(0.0, self._clock() - self._due)
+
+
 class Admission:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_lag_s: float = 0.0, lag: LoopLag | None = None) -> None:
+        """``max_lag_s`` 0: no lag bound."""
         if limit < 1:
             raise ValueError(f"the in-flight bound must be at least 1, got {limit}")
         self.limit = limit
         self.other_limit = max(1, int(limit * OTHER_SHARE))
         self.in_flight = 0
+        self.max_lag_s = max_lag_s
+        self.lag = lag if lag is not None else LoopLag()
+        self._monitor: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start measuring the loop's lag (in the serving loop; without it no request is shed for lag)."""
+        if self.max_lag_s > 0 and self._monitor is None:
+            self._monitor = asyncio.create_task(self.lag.run(), name="folio-loop-lag")
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
 
     def enter(self, path: str) -> bool:
-        """Admit a request (then ``leave`` when it is answered) or refuse it (False: answer 503)."""
+        """Admit a request (then ``leave`` when it is answered) or refuse it (False: answer 503). One
+        request is always admitted when none is in flight: a late loop then has nothing of ours to run."""
         priority = path == PRIORITY_ROUTE
+        route = PRIORITY_ROUTE if priority else "other"
         if self.in_flight >= (self.limit if priority else self.other_limit):
-            SHED.labels(route=PRIORITY_ROUTE if priority else "other").inc()
+            SHED.labels(route=route, reason="in_flight").inc()
+            return False
+        if self._monitor is not None and self.in_flight and self.lag.now() > self.max_lag_s:
+            SHED.labels(route=route, reason="loop_lag").inc()
             return False
         self.in_flight += 1
         IN_FLIGHT.set(self.in_flight)

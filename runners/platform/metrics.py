@@ -117,8 +117,9 @@ STATE_BREAKER = bentoml.metrics.Counter(
 
 SHED = bentoml.metrics.Counter(
     name="folio_requests_shed",
-    documentation="Requests refused with 503 + Retry-After at once: the worker was at its in-flight bound",
-    labelnames=["route"],
+    documentation="Requests refused with 503 + Retry-After at once: the worker was at its in-flight bound "
+    "(reason in_flight) or its event loop ran late (loop_lag)",
+    labelnames=["route", "reason"],
 )
 IN_FLIGHT = bentoml.metrics.Gauge(
     name="folio_requests_in_flight", documentation="Requests this worker is serving now (admitted)"

@@ -3,7 +3,10 @@ benchmarks `bentoml serve` and redis-server).
 
 `ChildProcess` starts a command with its output in a log file, waits until a readiness probe answers
 (failing fast, with the log tail, when the process dies while starting; stopped when it is not ready in
-time), and stops it: SIGTERM, a grace period, then SIGKILL, of its whole process group when it has one.
+time), and stops it: its stop signal (SIGTERM unless it says otherwise), a grace period, then SIGKILL, of
+its whole process group when it has one. A child can also be made to die with this process
+(`die_with_parent`: PR_SET_PDEATHSIG) and to ignore signals meant for someone else (`blocked_signals`:
+BentoML's process manager SIGTERMs a worker's children along with the worker).
 `free_port` picks a loopback port that was free a moment ago.
 
 `ServedFolio` is `bentoml serve` of this checkout's service (or any `module:Class` / Bento tag) on a free
@@ -13,20 +16,26 @@ port, for the end-to-end tests and the benchmarks; the service never starts it i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +86,14 @@ class ChildProcess:
     """One child process, its output appended (or written afresh) to `log_file`.
 
     `own_group`: the child leads a new session, so that `stop()` takes whatever it started (workers,
-    stubs) down with it. `stop()` sends SIGTERM to the child (`term_group`: to its whole group), waits
-    `stop_timeout_s`, then SIGKILLs the group (or the child); a group's leftovers are killed either way.
+    stubs) down with it. `stop()` sends `stop_signal` to the child (`term_group`: to its whole group),
+    waits `stop_timeout_s`, then SIGKILLs the group (or the child); a group's leftovers are killed either
+    way.
+
+    `die_with_parent`: the child gets SIGKILL when this process dies, however it dies (SIGKILL included;
+    Linux PR_SET_PDEATHSIG, set between fork and exec). `blocked_signals` are blocked in the child (a
+    blocked mask survives exec): they stay pending and never reach a program that keeps the mask, so
+    pick a `stop_signal` outside them.
     """
 
     def __init__(
@@ -90,13 +105,21 @@ class ChildProcess:
         term_group: bool = False,
         stop_timeout_s: float = 15.0,
         tail_skip: tuple[str, ...] = (),
+        stop_signal: signal.Signals = signal.SIGTERM,
+        blocked_signals: Collection[signal.Signals] = (),
+        die_with_parent: bool = False,
     ) -> None:
+        if stop_signal in blocked_signals:
+            raise ValueError(f"stop signal {stop_signal.name} is among the blocked signals")
         self.name = name
         self.log_file = log_file
         self.own_group = own_group
         self.term_group = term_group and own_group
         self.stop_timeout_s = stop_timeout_s
         self.tail_skip = tail_skip
+        self.stop_signal = stop_signal
+        self.blocked_signals = frozenset(blocked_signals)
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -120,17 +143,26 @@ class ChildProcess:
     ) -> ChildProcess:
         """Start `argv` with stdout and stderr in the log file (the parent keeps no handle open)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        setup = _child_setup(self.blocked_signals, self.die_with_parent)
         with open(self.log_file, "ab" if append else "wb") as out:
+
+            def popen() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env) if env is not None else None,
+                    cwd=cwd,
+                    start_new_session=self.own_group,
+                    preexec_fn=setup,
+                )
+
             self.started_at = time.monotonic()
-            self.proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-                start_new_session=self.own_group,
-            )
+            # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process: a
+            # child that must die with this process is forked by a thread that lives as long as the
+            # process (_SPAWNER), never by the caller's, which may be a pool thread that ends sooner.
+            self.proc = _SPAWNER.call(popen) if self.die_with_parent else popen()
         return self
 
     def wait_ready(
@@ -166,7 +198,7 @@ class ChildProcess:
         raise error(f"{self.name} {why}; log tail:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """SIGTERM, wait, then SIGKILL; a no-op when the child is not running."""
+        """The stop signal, wait, then SIGKILL; a no-op when the child is not running."""
         proc = self.proc
         if proc is None:
             return
@@ -175,13 +207,19 @@ class ChildProcess:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 if self.term_group:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.pid, self.stop_signal)
                 else:
-                    proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(self.stop_signal)
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing", self.name, proc.pid, timeout_s)
+                log.warning(
+                    "%s (pid %d) ignored %s for %.0fs; killing",
+                    self.name,
+                    proc.pid,
+                    self.stop_signal.name,
+                    timeout_s,
+                )
                 with contextlib.suppress(ProcessLookupError):
                     if self.own_group:
                         os.killpg(proc.pid, signal.SIGKILL)
@@ -192,6 +230,87 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         _kill_left_behind(self.name, descendants)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (None off Linux), resolved before any fork: the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def _child_setup(blocked: frozenset[signal.Signals], die_with_parent: bool) -> Callable[[], None] | None:
+    """What runs in the child between fork and exec (None: nothing, so subprocess may use vfork).
+
+    Kept to two system calls: a forked child of a threaded parent must not touch locks other threads
+    may have held (no logging, no imports, nothing allocated that needs them)."""
+    prctl = _prctl() if die_with_parent else None
+    if die_with_parent and prctl is None:
+        log.warning("die_with_parent needs Linux (PR_SET_PDEATHSIG); the child may outlive this process")
+    if not blocked and prctl is None:
+        return None
+    parent, sigkill = os.getpid(), int(signal.SIGKILL)
+    mask = [int(s) for s in blocked]
+
+    def setup() -> None:
+        if mask:
+            signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+        if prctl is not None:
+            if prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+            if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+                os.kill(os.getpid(), sigkill)
+
+    return setup
+
+
+class _Spawner:
+    """A daemon thread that lives as long as the process and runs the calls handed to it.
+
+    Daemon threads are never joined: the thread ends only when the process does, so the children it
+    forks with PR_SET_PDEATHSIG are killed at the process's death and not before (a ThreadPoolExecutor's
+    threads, asyncio's default executor included, are joined and end at interpreter shutdown, before
+    atexit handlers stop the children gracefully). Restarted lazily in a forked child."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:  # threads do not survive fork
+        self._lock = threading.Lock()
+        self._jobs = queue.SimpleQueue()
+        self._thread = None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the spawner thread; its result, or its exception raised here."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="folio-spawner", daemon=True)
+                self._thread.start()
+        done: Future[object] = Future()
+        self._jobs.put((fn, done))
+        return done.result()  # type: ignore[return-value]
+
+    def _run(self) -> None:
+        while True:
+            fn, done = self._jobs.get()
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed back to the caller
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

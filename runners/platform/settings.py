@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="requests a worker serves at once; more get 503 with Retry-After at once (/recommend "
         "may use all of it, other routes 3/4)",
     )
+    shed_loop_lag_s: float = Field(
+        0.025,
+        ge=0,
+        le=10,
+        description="refuse new requests (503 + Retry-After) while the worker's event loop runs this many "
+        "seconds late; 0: off",
+    )
     state_timeout_s: float = Field(
         0.5, gt=0, le=30, description="Redis socket timeout, and the longest wait for a pooled connection"
     )

@@ -106,9 +106,12 @@ async def _smoke_test(ranking: RankingStage, model: ServedModel, require_triton:
 
 async def retire(old: Deployment, grace_s: float) -> None:
     """Close a swapped-out deployment once the requests it was serving have had time to finish; at once
-    when cancelled (shutdown), so its embedded tritonserver never outlives the worker."""
+    when cancelled (shutdown: nothing is in flight any more), so its embedded tritonserver never outlives
+    the worker."""
     try:
         await asyncio.sleep(grace_s)
-    finally:
-        await old.ranking.close()
-        log.info("retired %s", old.tag)
+    except asyncio.CancelledError:
+        await old.ranking.close(stop_timeout_s=0)
+        raise
+    await old.ranking.close()
+    log.info("retired %s", old.tag)

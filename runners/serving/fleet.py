@@ -143,8 +143,8 @@ class Fleet:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # retiring deployments close their Triton
-        for dep in self.deployments.values():
-            await dep.ranking.close()
+        for dep in self.deployments.values():  # the worker's last hook: uvicorn answered every request
+            await dep.ranking.close(stop_timeout_s=0)
 
     async def ready(self) -> bool:
         return bool(self.deployments) and all([await d.ranking.ready() for d in self.deployments.values()])

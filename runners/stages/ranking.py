@@ -123,7 +123,9 @@ class RankingStage:
         if self._url:
             self._client = triton_client.open_client(self._url)
 
-    async def close(self) -> None:
+    async def close(self, stop_timeout_s: float | None = None) -> None:
+        """Close the client and stop an embedded Triton (``stop_timeout_s`` 0: kill it at once, for when
+        nothing is in flight any more)."""
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -134,7 +136,7 @@ class RankingStage:
             await self._client.close()
             self._client = None
         if self.embedded is not None:
-            await self.embedded.stop()
+            await self.embedded.stop(stop_timeout_s)
 
     async def _reconnect(self, url: str) -> None:
         """The embedded server came back (on a new port when its old one was taken)."""

@@ -1,6 +1,7 @@
 """An embedded tritonserver for one model version: render its repository, start it, keep it running.
 
-``EmbeddedTriton.start`` renders ``work_dir/model_repository`` (target "cpu") from the version's rankers
+``EmbeddedTriton.start`` first reaps what dead workers left (their tritonservers and shared memory:
+runners/triton/reaper.py), renders ``work_dir/model_repository`` (target "cpu") from the version's rankers
 and starts the binary (runners/triton/server.py); a start failure is reported, not raised, and the
 watchdog keeps trying. The watchdog restarts the process when it is gone (backing off while restarts
 fail) and reports each new gRPC url through ``on_restart``.
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from models.version import RankerFiles
+from runners.triton.reaper import reap_orphans
 from runners.triton.repository import render_triton
 from runners.triton.server import TritonServer
 
@@ -45,6 +47,7 @@ class EmbeddedTriton:
 
     async def start(self) -> str | None:
         """Start the server; its gRPC url, or None when it failed to start (the watchdog retries)."""
+        await asyncio.to_thread(reap_orphans)  # never raises
         self._work_dir = self._work_dir_arg or Path(tempfile.mkdtemp(prefix="folio-ranking-"))
         repo = self._work_dir / "model_repository"
         await asyncio.to_thread(render_triton, self.ranker.directory, repo, target="cpu")
@@ -67,10 +70,11 @@ class EmbeddedTriton:
             with contextlib.suppress(Exception):
                 await self._restart
 
-    async def stop(self) -> None:
-        """After ``close`` and after the client is closed: stop the process, remove its work dir."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """After ``close`` and after the client is closed: stop the process (``TritonServer.stop``),
+        remove its work dir."""
         if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
+            await asyncio.to_thread(self.server.stop, timeout_s)
         if self._work_dir is not None and self._work_dir_arg is None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
 

@@ -2,8 +2,24 @@
 
 `TritonServer` starts the binary as a child process on free local ports, waits until it reports ready
 (all models loaded: strict readiness), fails fast with the server's log tail if the process exits while
-starting, and stops it gracefully (SIGTERM, wait, then SIGKILL of its process group, which also takes
+starting, and stops it gracefully (SIGINT, wait, then SIGKILL of its process group, which also takes
 the Python-backend stubs): the supervision is runners/platform/processes.py's `ChildProcess`.
+
+Lifetime (checked with the 2.51 binary): the server stops when its owner stops it, and dies with it.
+
+* SIGTERM is blocked in the child. BentoML's process manager (circus, `stop_children=True`) sends its
+  stop signal to a worker and then to each of the worker's direct children, tritonserver among them;
+  the server must outlive the worker's drain. The blocked mask survives exec and tritonserver keeps it
+  (every thread's SigBlk shows SIGTERM; it installs handlers for SIGINT and SIGTERM but never unblocks),
+  and the stubs it forks inherit it (they also catch SIGTERM with a handler that does nothing). A
+  SIGTERM therefore stays pending and harmless; `stop()` sends SIGINT, on which tritonserver exits
+  gracefully (it logs "Signal (2) received.", lets in-flight requests finish within
+  --exit-timeout-secs, unloads the models; the stubs exit and the backend unlinks its shared memory),
+  and SIGKILLs the group after `stop_timeout_s`.
+* PR_SET_PDEATHSIG(SIGKILL): a worker killed with SIGKILL takes its tritonserver with it; the stubs
+  notice their parent is gone and exit. A server's Python-backend regions are named after its owner
+  (runners/triton/reaper.py), which marks the process too (`FOLIO_TRITON_OWNER`), so the next worker's
+  start-up reaper removes what a dead owner left; `stop()` removes its own server's leftovers.
 
 What the wheel needs (see DESIGN.md, "Running Triton from the nvidia-pytriton wheel"):
 
@@ -43,6 +59,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import sysconfig
 import tempfile
@@ -55,6 +72,7 @@ from pathlib import Path
 from types import TracebackType
 
 from runners.platform.processes import ChildProcess, StartupError, free_port, log_tail
+from runners.triton import reaper
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +242,7 @@ class TritonServer:
         self._dist = distribution
         self._restricted_key = secrets.token_hex(24)
         self._child: ChildProcess | None = None
+        self._shm_prefix: str | None = None  # per spawn: the Python-backend regions of that process
         self._owned_work_dir: Path | None = None
         self.model_repository: Path | None = None
         self.log_file: Path | None = log_file
@@ -290,9 +309,12 @@ class TritonServer:
         assert last is not None
         raise last
 
-    def stop(self) -> None:
-        """Graceful stop: SIGTERM, wait `stop_timeout_s`, then SIGKILL the process group."""
-        self._terminate()
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Graceful stop: SIGINT, wait `stop_timeout_s`, then SIGKILL the process group; then remove the
+        server's shared-memory regions if it left any (it does when it was killed). ``timeout_s``: the
+        wait before SIGKILL (default ``stop_timeout_s``; 0 when nothing is in flight: a graceful exit
+        takes ~3 s, unloading every model)."""
+        self._terminate(timeout_s)
         if self._owned_work_dir is not None:
             shutil.rmtree(self._owned_work_dir, ignore_errors=True)
             self._owned_work_dir = None
@@ -353,6 +375,8 @@ class TritonServer:
             f"--http-restricted-api={RESTRICTED_APIS}:triton-restricted-key={self._restricted_key}",
             f"--grpc-restricted-protocol={RESTRICTED_APIS}:triton-restricted-key={self._restricted_key}",
         ]
+        if self._shm_prefix is not None:  # named after the owner: see runners/triton/reaper.py
+            args.append(f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}")
         args += [f"--load-model={name}" for name in self.load_models]
         args += list(self.extra_args)
         return args
@@ -391,13 +415,23 @@ class TritonServer:
         self.grpc_port = grpc or free_port(self.host or "127.0.0.1")
         self.metrics_port = metrics or free_port(self.host or "127.0.0.1")
         self.log_file = self._log_file_arg or self._work_dir() / "tritonserver.log"
+        owner = reaper.owner_mark()
+        self._shm_prefix = reaper.shm_prefix(owner, secrets.token_hex(4))
         argv = self.command()
         log.info("starting tritonserver: %s (log: %s)", " ".join(argv), self.log_file)
         # Own process group (stop() takes the stubs down with it); the stubs' output lands in the same log.
+        # SIGTERM blocked, SIGINT to stop, killed with this process: see the module docstring.
         child = ChildProcess(
-            "tritonserver", self.log_file, stop_timeout_s=self.stop_timeout_s, tail_skip=_TABLE_LINES
+            "tritonserver",
+            self.log_file,
+            stop_timeout_s=self.stop_timeout_s,
+            tail_skip=_TABLE_LINES,
+            stop_signal=signal.SIGINT,
+            blocked_signals={signal.SIGTERM},
+            die_with_parent=True,
         )
-        self._child = child.spawn(argv, env=_python_env(dict(os.environ), dist), cwd=self._work_dir())
+        env = {**_python_env(dict(os.environ), dist), reaper.OWNER_ENV: owner}
+        self._child = child.spawn(argv, env=env, cwd=self._work_dir())
         _live_servers.add(self)
 
     def _wait_ready(self) -> None:
@@ -406,8 +440,13 @@ class TritonServer:
         self.startup_s = self._child.wait_ready(ready, self.startup_timeout_s, error=TritonStartupError)
         log.info("tritonserver ready in %.2fs (grpc %s)", self.startup_s, self.grpc_url)
 
-    def _terminate(self) -> None:
+    def _terminate(self, timeout_s: float | None = None) -> None:
         child, self._child = self._child, None
         _live_servers.discard(self)
         if child is not None:
-            child.stop()
+            child.stop(timeout_s)
+        if self._shm_prefix is not None:  # a killed server leaves its regions: nothing else uses them
+            try:
+                reaper.remove_unused_regions(prefixes=[self._shm_prefix], min_age_s=0)
+            except Exception:  # stopping must not fail over leftovers; the next start-up reaper retries
+                log.exception("removing tritonserver's shared memory failed")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 
-from runners.http.admission import Admission, AdmissionMiddleware
+from runners.http.admission import Admission, AdmissionMiddleware, LoopLag
 
 Message = dict[str, Any]
 
@@ -129,3 +130,52 @@ def test_without_an_admission_everything_passes() -> None:
         assert status(await call(AdmissionMiddleware(app, lambda: None), "/recommend")) == 200
 
     asyncio.run(main())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_late_event_loop_sheds_new_requests_but_never_the_only_one() -> None:
+    async def main() -> None:
+        clock = Clock()
+        lag = LoopLag(interval_s=0.005, clock=clock)
+        admission = Admission(10, max_lag_s=0.025, lag=lag)
+        admission.start()
+        try:
+            assert admission.enter("/recommend")  # the loop is on time
+            clock.now += 0.1  # the lag task is 95 ms overdue: the loop is busy
+            assert lag.now() > 0.09
+            assert not admission.enter("/recommend")
+            admission.leave()
+            assert admission.enter("/recommend")  # nothing in flight: admitted whatever the lag
+        finally:
+            await admission.stop()
+
+    asyncio.run(main())
+
+
+def test_without_the_lag_task_or_with_the_bound_off_lag_sheds_nothing() -> None:
+    clock = Clock()
+    off = Admission(10, max_lag_s=0.0, lag=LoopLag(clock=clock))
+    not_started = Admission(10, max_lag_s=0.025, lag=LoopLag(clock=clock))
+    clock.now += 1.0
+    for admission in (off, not_started):
+        assert admission.enter("/recommend") and admission.enter("/recommend")
+
+
+def test_the_lag_task_measures_a_blocked_loop() -> None:
+    async def main() -> float:
+        lag = LoopLag(interval_s=0.005)
+        task = asyncio.create_task(lag.run())
+        await asyncio.sleep(0.02)
+        time.sleep(0.08)  # block the loop
+        seen = lag.now()
+        task.cancel()
+        return seen
+
+    assert asyncio.run(main()) >= 0.05

@@ -295,7 +295,9 @@ assert upstream() == before, "importing service.py patched upstream"
 app = service.Recommender.to_asgi()  # what the BentoML worker does after importing the service
 after = upstream()
 assert all(patched(after).values()) and after["FORWARDED_ALLOW_IPS"] == "", after
-docs = next(r for r in app.routes if getattr(r, "path", None) == "/docs.json")
+from runners.http.admission import AdmissionMiddleware
+assert isinstance(app, AdmissionMiddleware), app  # admission control wraps BentoML's whole app
+docs = next(r for r in app.app.routes if getattr(r, "path", None) == "/docs.json")
 assert docs.endpoint.__func__ is after["docs"], docs.endpoint
 print("checked")
 """

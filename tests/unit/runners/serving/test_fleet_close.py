@@ -17,9 +17,11 @@ from runners.state.local import LocalState
 class FakeRanking:  # stands in for RankingStage: only close() is used by retire()
     def __init__(self) -> None:
         self.closed = 0
+        self.stop_timeouts: list[float | None] = []
 
-    async def close(self) -> None:
+    async def close(self, stop_timeout_s: float | None = None) -> None:
         self.closed += 1
+        self.stop_timeouts.append(stop_timeout_s)
 
 
 def test_shutdown_during_the_grace_period_closes_the_retiring_deployment(tmp_path: Path) -> None:
@@ -33,6 +35,7 @@ def test_shutdown_during_the_grace_period_closes_the_retiring_deployment(tmp_pat
         await asyncio.sleep(0)
         await fleet.close()
         assert old.ranking.closed == 1
+        assert old.ranking.stop_timeouts == [0]  # shutdown: nothing in flight, Triton is killed at once
         await state.close()
 
     asyncio.run(main())
@@ -41,4 +44,4 @@ def test_shutdown_during_the_grace_period_closes_the_retiring_deployment(tmp_pat
 def test_retire_closes_after_the_grace_period() -> None:
     old = SimpleNamespace(ranking=FakeRanking(), tag="folio:old")
     asyncio.run(retire(old, grace_s=0.01))  # type: ignore[arg-type]
-    assert old.ranking.closed == 1
+    assert old.ranking.closed == 1 and old.ranking.stop_timeouts == [None]  # a graceful stop
