@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 
 import bentoml
@@ -27,6 +26,7 @@ from runners.stages.pipeline import Recommender
 from runners.stages.ranking import RankingStage
 from runners.stages.served_model import ModelLoadError, ServedModel
 from runners.state.protocol import StateStore
+from runners.triton import reaper
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def deploy(
         timeout_s=settings.triton_timeout_s,
         breaker_failures=settings.breaker_failures,
         breaker_reset_s=settings.breaker_reset_s,
-        work_dir=settings.state_dir / f"triton-{os.getpid()}-{stored.tag.version}",
+        work_dir=settings.state_dir / reaper.work_dir_name(str(stored.tag.version)),
         on_event=ranking_event,
     )
     try:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from models.version import RankerFiles
-from runners.triton.reaper import reap_orphans
+from runners.triton.reaper import reap_orphans, remove_dead_work_dirs
 from runners.triton.repository import render_triton
 from runners.triton.server import TritonServer
 
@@ -48,6 +48,8 @@ class EmbeddedTriton:
     async def start(self) -> str | None:
         """Start the server; its gRPC url, or None when it failed to start (the watchdog retries)."""
         await asyncio.to_thread(reap_orphans)  # never raises
+        if self._work_dir_arg is not None:
+            await asyncio.to_thread(remove_dead_work_dirs, self._work_dir_arg.parent)
         self._work_dir = self._work_dir_arg or Path(tempfile.mkdtemp(prefix="folio-ranking-"))
         repo = self._work_dir / "model_repository"
         await asyncio.to_thread(render_triton, self.ranker.directory, repo, target="cpu")

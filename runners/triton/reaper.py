@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Iterable
@@ -48,6 +49,7 @@ STALE_SHM_S = 60.0
 PROC = Path("/proc")
 _FOLIO_REGION = re.compile(rf"^{re.escape(SHM_PREFIX)}(\d+)-(\d+)-")
 _MARK = re.compile(r"^(\d+):(\d+)$")
+_WORK_DIR = re.compile(r"^triton-(\d+)-(\d+)-")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,24 @@ def shm_prefix(mark: str, nonce: str) -> str:
     apart); the backend appends a uuid per region."""
     pid, start = _parse_mark(mark) or (0, 0)
     return f"{SHM_PREFIX}{pid}-{start}-{nonce}-"
+
+
+def work_dir_name(version: str) -> str:
+    """The name of this process's work directory for an embedded Triton of ``version`` (its rendered
+    repository and log): ``remove_dead_work_dirs`` removes it once the process is gone."""
+    return f"triton-{owner_mark().replace(':', '-')}-{version}"
+
+
+def remove_dead_work_dirs(parent: Path) -> list[Path]:
+    """Remove the ``work_dir_name`` directories under ``parent`` whose owner no longer runs (a worker
+    killed before it could remove its own); never raises."""
+    removed = []
+    for name in _listdir(parent):
+        m = _WORK_DIR.match(name)
+        if m and not owner_alive(f"{m[1]}:{m[2]}"):
+            shutil.rmtree(parent / name, ignore_errors=True)
+            removed.append(parent / name)
+    return removed
 
 
 def owner_alive(mark: str) -> bool:

@@ -192,3 +192,14 @@ def test_an_orphaned_tritonserver_is_reaped_and_a_live_one_is_not(
     finally:
         orphan.stop()
         live.stop()
+
+
+def test_work_dirs_of_dead_owners_are_removed(dead_mark: str, tmp_path: Path) -> None:
+    mine = tmp_path / reaper.work_dir_name("v1")
+    dead = tmp_path / f"triton-{dead_mark.replace(':', '-')}-v1"
+    other = tmp_path / "triton-123-v1"  # not a work dir name of this scheme: left alone
+    for d in (mine, dead, other):
+        (d / "model_repository").mkdir(parents=True)
+    assert reaper.remove_dead_work_dirs(tmp_path) == [dead]
+    assert mine.is_dir() and other.is_dir() and not dead.exists()
+    assert reaper.remove_dead_work_dirs(tmp_path / "missing") == []
