@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+LEFT_BEHIND_GRACE_S = 0.5
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or the Bento's src): service.py lives here
 
 
@@ -198,13 +199,14 @@ class ChildProcess:
         raise error(f"{self.name} {why}; log tail:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """The stop signal, wait, then SIGKILL; a no-op when the child is not running."""
+        """The stop signal, wait, then SIGKILL; a no-op when the child is not running. ``timeout_s`` 0:
+        SIGKILL at once (nothing left for a graceful exit to finish)."""
         proc = self.proc
         if proc is None:
             return
         timeout_s = self.stop_timeout_s if timeout_s is None else timeout_s
         descendants = _descendants(proc.pid)  # before the leader goes: its children are then re-parented
-        if proc.poll() is None:
+        if proc.poll() is None and timeout_s > 0:
             with contextlib.suppress(ProcessLookupError):
                 if self.term_group:
                     os.killpg(proc.pid, self.stop_signal)
@@ -220,12 +222,13 @@ class ChildProcess:
                     self.stop_signal.name,
                     timeout_s,
                 )
-                with contextlib.suppress(ProcessLookupError):
-                    if self.own_group:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    else:
-                        proc.kill()
-                proc.wait(timeout=10)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                if self.own_group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+            proc.wait(timeout=10)
         if self.own_group:  # children normally exit with the leader; make sure none outlives it
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -329,12 +332,23 @@ def _running(p: psutil.Process) -> bool:
 def _kill_left_behind(name: str, processes: list[psutil.Process]) -> None:
     """SIGKILL what the child started and left running in sessions of its own (BentoML's workers lead
     their own session, so the group kill above misses one whose shutdown hangs)."""
-    alive = [p for p in processes if _running(p)]
+    alive = _still_running(processes, LEFT_BEHIND_GRACE_S)  # a group member SIGKILLed a moment ago
     for p in alive:
         log.warning("%s left %s (pid %d) running after it stopped; killing it", name, p.name(), p.pid)
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(alive, timeout=10)
+    _still_running(alive, 10.0)
+
+
+def _still_running(processes: list[psutil.Process], within_s: float) -> list[psutil.Process]:
+    """Those of ``processes`` still running (a zombie is not: init reaps it when it gets to it) after
+    waiting up to ``within_s`` for them to go."""
+    deadline = time.monotonic() + within_s
+    alive = [p for p in processes if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+        alive = [p for p in alive if _running(p)]
+    return alive
 
 
 class ServedFolio(Supervised):

@@ -273,8 +273,9 @@ def remove_unused_regions(
             log.debug("cannot remove %s: %s", path, exc)
             continue
         removed.append(name)
-    if removed:
-        log.warning("removed %d unused Triton shared-memory regions from %s", len(removed), shm_dir)
+    if removed:  # a server's own, once it is stopped, are expected; anyone else's were leaked
+        level = logging.INFO if prefixes is not None else logging.WARNING
+        log.log(level, "removed %d unused Triton shared-memory regions from %s", len(removed), shm_dir)
     return removed
 
 
