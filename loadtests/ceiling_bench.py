@@ -152,7 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
     from runners.stages.served_model import served_tag
 
     tag = served_tag(args.tag)
-    folio = {"FOLIO_MODEL_TAG": tag, "FOLIO_RATE_LIMIT_RPS": "0", "FOLIO_PRECISION": "int8"}
+    # the pipeline's ceiling, Locust's users all in flight: admission control (measured by loadtests/faults)
+    # would shed the closed loop's excess as cheap 503s and inflate the rate
+    folio = {
+        "FOLIO_MODEL_TAG": tag,
+        "FOLIO_RATE_LIMIT_RPS": "0",
+        "FOLIO_PRECISION": "int8",
+        "FOLIO_MAX_IN_FLIGHT": "10000",
+        "FOLIO_SHED_LOOP_LAG_S": "0",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results: dict[str, Any] = {"model": tag, "fixed_seconds": args.fixed_seconds, "users": args.users}

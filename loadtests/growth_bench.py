@@ -130,6 +130,7 @@ def measure(tag: str, candidates: int, args: argparse.Namespace, work: Path) -> 
         "FOLIO_CANDIDATES": str(candidates),
         "FOLIO_MODEL_WATCH_S": "0",
         "FOLIO_WORKERS": "1",
+        "FOLIO_SHED_LOOP_LAG_S": "0",  # a 100k-item request stalls the loop itself: latency, not shedding
     }
     server = ServedFolio(env, work / f"serve-{tag.split(':')[-1]}-{candidates}.log", startup_timeout_s=900)
     t0 = time.perf_counter()

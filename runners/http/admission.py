@@ -1,8 +1,10 @@
 """Admission control: a bound on the requests one worker serves at once, and on how late its event loop
 may run.
 
-Past the bound (``FOLIO_MAX_IN_FLIGHT``), or while the event loop runs more than ``FOLIO_SHED_LOOP_LAG_S``
-behind (``LoopLag``: requests then wait unread in socket buffers, where no count can see them), a new
+Past the bound (``FOLIO_MAX_IN_FLIGHT``), or while the event loop has been more than
+``FOLIO_SHED_LOOP_LAG_S`` behind on each of its last wakes (``LoopLag``: requests then wait unread in
+socket buffers, where no count can see them; keep it above the longest synchronous stretch of one
+request, e.g. raise it for a very large catalog), a new
 request is refused at once with 503 and ``Retry-After`` (nothing read, nothing written), so an
 overloaded worker keeps answering the requests it admitted within their latency budget instead of
 queueing everything until every answer is late (docs/reliability.md). ``/recommend`` may use
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,23 +37,27 @@ RETRY_AFTER_S = 1
 
 
 class LoopLag:
-    """How late the event loop runs: a task sleeps ``interval_s`` again and again; ``now()`` is the larger
-    of its last wake's delay and how overdue its next wake already is (a busy loop shows before the task
-    gets to run)."""
+    """How late the event loop runs, sustained: a task sleeps ``interval_s`` again and again and keeps
+    how late its last ``samples`` wakes were; ``now()`` is the smallest of them. A loop that is behind
+    on every wake is backlogged; one long request delays one wake and sheds nothing."""
 
-    def __init__(self, interval_s: float = 0.005, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float = 0.005, samples: int = 3, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval_s, self._clock = interval_s, clock
-        self.last = 0.0
-        self._due = clock() + interval_s
+        self.recent: deque[float] = deque([0.0] * samples, maxlen=samples)
 
     def now(self) -> float:
-        return max(self.last, self._clock() - self._due)
+        return min(self.recent)
+
+    def record(self, lag_s: float) -> None:
+        self.recent.append(max(0.0, lag_s))
 
     async def run(self) -> None:
         while True:
-            self._due = self._clock() + self.interval_s
+            due = self._clock() + self.interval_s
             await asyncio.sleep(self.interval_s)
-            self.last = max(0.0, self._clock() - self._due)
+            self.record(self._clock() - due)
 
 
 class Admission:

@@ -52,18 +52,18 @@ class Settings(BaseSettings):
     breaker_reset_s: float = Field(5.0, gt=0, le=3600)
     # admission and the state store's capacity (docs/reliability.md)
     max_in_flight: int = Field(
-        32,
+        16,
         ge=1,
         le=10_000,
         description="requests a worker serves at once; more get 503 with Retry-After at once (/recommend "
         "may use all of it, other routes 3/4)",
     )
     shed_loop_lag_s: float = Field(
-        0.025,
+        0.010,
         ge=0,
         le=10,
-        description="refuse new requests (503 + Retry-After) while the worker's event loop runs this many "
-        "seconds late; 0: off",
+        description="refuse new requests (503 + Retry-After) while the worker's event loop has run this "
+        "many seconds late on each of its last 3 wakes (5 ms apart); 0: off",
     )
     state_timeout_s: float = Field(
         0.5, gt=0, le=30, description="Redis socket timeout, and the longest wait for a pooled connection"
