@@ -8,11 +8,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from loadtests.faults.store import randomize_largest_initializer
 from models import registry
 from runners.platform.settings import Settings
 from runners.serving.deployment import deploy
@@ -31,16 +31,6 @@ def doubled_scores(path: Path) -> None:
         node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
     model.graph.initializer.append(helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]))
     model.graph.node.append(helper.make_node("Mul", [f"{out}_raw", "two"], [out]))
-    onnx.save(model, path)
-
-
-def random_weights(path: Path) -> None:
-    """Overwrite the ranker's largest weight tensor with random values: still valid ONNX, still finite."""
-    model = onnx.load(path)
-    big = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
-    old = numpy_helper.to_array(big)
-    new = np.random.default_rng(7).standard_normal(old.shape).astype(old.dtype)
-    big.CopyFrom(numpy_helper.from_array(new, big.name))
     onnx.save(model, path)
 
 
@@ -81,13 +71,13 @@ def test_external_triton_serving_other_rankers_is_refused(
 
 def test_a_valid_onnx_ranker_with_corrupted_weights_is_refused(model_tag: str, tmp_path: Path) -> None:
     """Saved with its (corrupt) checksum, so only the parity probe can tell: scored by an embedded Triton."""
-    other = saved_copy(model_tag, tmp_path, lambda d: random_weights(d / "ranker_int8.onnx"))
+    other = saved_copy(model_tag, tmp_path, lambda d: randomize_largest_initializer(d / "ranker_int8.onnx"))
     with pytest.raises(ModelLoadError, match="the int8 ranker disagrees with fp32: top-10 agreement"):
         try_deploy(other, None, tmp_path)
 
 
 def test_an_artifact_changed_after_save_is_refused_before_loading(model_tag: str, tmp_path: Path) -> None:
     other = saved_copy(model_tag, tmp_path, lambda d: None)
-    random_weights(Path(registry.get(other).path) / "ranker_fp16.onnx")  # rot inside the store
+    randomize_largest_initializer(Path(registry.get(other).path) / "ranker_fp16.onnx")  # rot inside the store
     with pytest.raises(ModelLoadError, match=r"ranker_fp16.onnx is corrupted \(sha256"):
         try_deploy(other, None, tmp_path)

@@ -6,74 +6,29 @@ are saved and promoted there through `python -m training`, as an operator would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
+from loadtests.faults.inject import group_gone, tritonservers
+from loadtests.faults.store import IsolatedStore as Store
+from loadtests.faults.store import randomize_largest_initializer
 from models import registry
-from runners.platform.processes import ROOT, ServedFolio
+from runners.platform.processes import ServedFolio
 from runners.platform.redis_server import RedisServer
 from runners.platform.settings import hash_key
-from tests.integration.test_deploy_checks import random_weights
-from tests.integration.test_ranking_stage import group_gone
 from tests.integration.test_served import wait_for
 
 pytestmark = pytest.mark.integration
 KEY = "lifecycle-key"
 AUTH = {"X-API-Key": KEY}
-SAVE = (
-    "import json, sys; from pathlib import Path; from models import registry; "
-    "print(registry.save(Path(sys.argv[1]), {'dataset': 'synthetic'}, json.loads(sys.argv[2])).tag)"
-)
-
-
-class Store:
-    """An isolated model store driven through subprocesses (BENTOML_HOME is per process)."""
-
-    def __init__(self, home: Path, source: Path, metadata: dict) -> None:
-        self.home, self.source, self.metadata = home, source, metadata
-        self.env = {**os.environ, "BENTOML_HOME": str(home)}
-
-    def run(self, *args: str) -> str:
-        out = subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout.strip()
-
-    def save(self, **metadata_changes: object) -> str:
-        return self.save_from(self.source, **metadata_changes)
-
-    def save_from(self, source: Path, **metadata_changes: object) -> str:
-        return self.run(sys.executable, "-c", SAVE, str(source), json.dumps(self.metadata | metadata_changes))
-
-    def changed_copy(self, change: Callable[[Path], None]) -> str:
-        """A version saved from a copy of the source with ``change`` applied (its checksums match)."""
-        copy = Path(tempfile.mkdtemp(dir=self.home)) / "version"
-        shutil.copytree(self.source, copy, ignore=shutil.ignore_patterns("model.yaml"))
-        change(copy)
-        return self.save_from(copy)
-
-    def path(self, tag: str) -> Path:
-        name, version = tag.split(":")
-        return self.home / "models" / name / version
-
-    def promote(self, tag: str) -> None:
-        self.run(sys.executable, "-m", "training", "promote", tag)
-
-    def rollback(self) -> None:
-        self.run(sys.executable, "-m", "training", "rollback")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +150,7 @@ def _rotted_after_save(versions: Store) -> str:
 
 
 def _corrupted_weights(versions: Store) -> str:
-    return versions.changed_copy(lambda version: random_weights(version / "ranker_int8.onnx"))
+    return versions.changed_copy(lambda version: randomize_largest_initializer(version / "ranker_int8.onnx"))
 
 
 @pytest.mark.parametrize(
@@ -263,32 +218,20 @@ def test_a_withdrawal_outlives_a_new_version(served: ServedFolio, versions: Stor
             assert c.post("/admin/catalog/restore", json={"item_ids": [gone]}).status_code == 200
 
 
-def tritonservers(served: ServedFolio) -> set[int]:
-    """The running tritonservers under the service; one that exits while being listed (a retired
-    deployment's, after its grace period) is not running."""
-    assert served.proc is not None
-    found = set()
-    for p in psutil.Process(served.proc.pid).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "tritonserver" in p.name():
-                found.add(p.pid)
-    return found
-
-
 def test_admin_reload_of_the_served_version_is_a_no_op(served: ServedFolio) -> None:
     """Regression: `{"tag": ""}` redeployed the current version with a new tritonserver each time
     (40 calls: worker 223 -> 526 MB, up to 10 tritonservers at once)."""
     url = f"{served.url}/admin/reload"
     current = served_version(served)["model_version"]
-    one = lambda: len(tritonservers(served)) == 1  # noqa: E731
+    one = lambda: len(tritonservers(served.proc.pid)) == 1  # noqa: E731
     wait_for(one, 60, "the retired deployments of the tests above stop their servers", served.log_tail)
-    before = tritonservers(served)
+    before = tritonservers(served.proc.pid)
     for tag in [current, current.split(":")[1], None] * 5:
         r = httpx.post(url, json={} if tag is None else {"tag": tag}, headers=AUTH, timeout=120)
         assert r.status_code == 200 and r.json()["model_version"] == r.json()["previous"] == current
     for bad in ("", "a:b:c", "]"):
         assert httpx.post(url, json={"tag": bad}, headers=AUTH, timeout=30).status_code == 400
-    assert tritonservers(served) == before
+    assert tritonservers(served.proc.pid) == before
 
 
 def test_admin_reload_reaches_every_worker(

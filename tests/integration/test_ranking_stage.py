@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtests.faults.inject import group_gone, process_gone
 from models.version import RankerFiles
 from runners.stages.ranking import PRECISIONS, RankingStage, RankResult
 from tests.unit.runners.stages.test_ranking import reference
@@ -23,28 +24,6 @@ pytestmark = pytest.mark.integration
 
 TEST_TIMEOUT_S = 180.0
 RECOVERY_S = 60.0
-
-
-def live_processes() -> dict[int, int]:
-    """pid -> process group of every process that is not a zombie (Linux /proc; PID 1 here reaps late)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # fields after "(comm)": state, ppid, pgrp, ...
-            found[int(stat.parent.name)] = int(fields[2])
-    return found
-
-
-def process_gone(pid: int) -> bool:
-    return pid not in live_processes()
-
-
-def group_gone(pgid: int) -> bool:
-    """No live process left in the server's process group (tritonserver and its Python-backend stubs)."""
-    return pgid not in live_processes().values()
 
 
 def test_embedded_triton_scores_match_onnxruntime(

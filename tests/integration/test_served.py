@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.faults.inject import group_gone
 from runners.platform.processes import ServedFolio
 from runners.platform.settings import hash_key
 from runners.triton.server import TritonServer
-from tests.integration.test_ranking_stage import group_gone
 
 pytestmark = pytest.mark.integration
 KEY = "s3cret-key"
