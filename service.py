@@ -72,9 +72,12 @@ def problem(status: int, message: str, headers: dict[str, str] | None = None) ->
     )
 
 
-def busy(outcome: str) -> JSONResponse:
-    """503 for a state store that is reachable but had no free connection in time (StateBusy)."""
-    return problem(503, f"the state store is busy: {outcome}, retry shortly", {"Retry-After": "1"})
+def state_refusal(exc: StateUnavailable, outcome: str) -> JSONResponse:
+    """503 when the state store could not take a write: busy (reachable, no pooled connection came free in
+    time: StateBusy) or unreachable; ``outcome`` says what was not done."""
+    if isinstance(exc, StateBusy):
+        return problem(503, f"the state store is busy: {outcome}, retry shortly", {"Retry-After": "1"})
+    return problem(503, f"the state store is unreachable: {outcome}, retry later")
 
 
 class FolioService(bentoml_patch.PatchedService[Any]):
@@ -194,20 +197,16 @@ class Recommender:
             return problem(409, str(exc))
         except InvalidEvent as exc:
             return problem(400, str(exc))
-        except StateBusy:
-            return busy("feedback was not recorded")
-        except StateUnavailable:
-            return problem(503, "the state store is unreachable: feedback was not recorded, retry later")
+        except StateUnavailable as exc:
+            return state_refusal(exc, "feedback was not recorded")
 
     @bentoml.api(output_spec=ForgetResponse)
     async def forget(self, request: ForgetRequest, /) -> Any:
         """Delete everything Folio holds about a user: history, cached results, rate limits, journal."""
         try:
             return await self.fleet.forget(request.user_id, REQUEST_ID.get())
-        except StateBusy:
-            return busy("nothing was deleted")
-        except StateUnavailable:
-            return problem(503, "the state store is unreachable: nothing was deleted, retry later")
+        except StateUnavailable as exc:
+            return state_refusal(exc, "nothing was deleted")
 
     @bentoml.api
     async def info(self) -> dict[str, Any]:
@@ -284,10 +283,8 @@ class Recommender:
             state = await self.fleet.change_catalog(changes)
         except UnknownItem as exc:
             return problem(404, str(exc))
-        except StateBusy:
-            return busy("nothing changed")
-        except StateUnavailable:
-            return problem(503, "the state store is unreachable: nothing changed, retry later")
+        except StateUnavailable as exc:
+            return state_refusal(exc, "nothing changed")
         return self._catalog_response(state, len(changes))
 
     def _catalog_response(self, state: CatalogState, changed: int) -> CatalogResponse:

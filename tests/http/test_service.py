@@ -13,6 +13,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from runners.platform.settings import load_settings
+from runners.serving.fleet import Fleet
+from runners.state.protocol import StateBusy, StateUnavailable
 from tests.synthetic_catalog import genre_of_book
 
 pytestmark = pytest.mark.integration  # starts the real tritonserver
@@ -153,3 +155,22 @@ def test_wrong_setting_fails_at_start_naming_it(model_tag: str) -> None:
         with pytest.raises(SettingsError, match="FOLIO_PRECISION"):
             load_settings()
     load_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "error, says, retry_after",
+    [
+        (StateBusy("redis at x: busy"), "the state store is busy: feedback was not recorded", "1"),
+        (StateUnavailable("redis at x: down"), "the state store is unreachable: feedback was not", None),
+    ],
+)
+def test_a_state_store_that_cannot_write_is_a_503_saying_which(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, error: Exception, says: str, retry_after: str | None
+) -> None:
+    async def refuse(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr(Fleet, "feedback", refuse)
+    r = client.post("/feedback", json={"user_id": "u1", "item_id": "b1", "event": "click"})
+    assert r.status_code == 503 and says in r.json()["error"], r.text
+    assert r.headers.get("retry-after") == retry_after
