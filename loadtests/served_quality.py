@@ -226,7 +226,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     shares = ", ".join(f"{n} {svc[n + '_share']:.1%}" for n in ("fallback", "cold_start", "cached"))
     print(
         f"service: {svc['succeeded']}/{svc['requests']} answered, failures {svc['failures']}, {shares}, "
-        f"429 retries {svc['retries_429']}, versions {svc['model_versions']}"
+        f"429 retries {svc['retries_429']}, shed-503 retries {svc['retries_503']}, "
+        f"versions {svc['model_versions']}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

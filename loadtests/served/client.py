@@ -27,6 +27,7 @@ class Served:
     variants: Counter[str] = field(default_factory=Counter)
     precisions: Counter[str] = field(default_factory=Counter)
     retries_429: int = 0
+    retries_503: int = 0
 
 
 def retry_after(response: httpx.Response, default_s: float = 1.0) -> float:
@@ -38,9 +39,10 @@ def retry_after(response: httpx.Response, default_s: float = 1.0) -> float:
 
 @dataclass(frozen=True)
 class Posted:
-    response: httpx.Response | None  # the first answer that is not a 429; None: none came
+    response: httpx.Response | None  # the first answer that is not a 429 or a shed 503; None: none came
     failure: str | None  # why none came: the httpx error's class name, or "429 x<max_429>"
     retries_429: int  # 429 answers received (each waited out per Retry-After)
+    retries_503: int = 0  # 503s with Retry-After (admission control shed it; a busy state store)
 
 
 async def post_retrying(
@@ -50,18 +52,20 @@ async def post_retrying(
     max_429: int = 50,
     headers: dict[str, str] | None = None,
 ) -> Posted:
-    """POST ``body`` as JSON to ``path``, waiting out up to ``max_429`` 429s (Retry-After)."""
-    retries = 0
+    """POST ``body`` as JSON to ``path``, waiting out (Retry-After) up to ``max_429`` answers that ask
+    for a retry: 429, and 503 with Retry-After (shed by admission control, or the state store busy; a
+    503 without it, e.g. the state store unreachable, is an answer)."""
+    retries = {429: 0, 503: 0}
     for _ in range(max_429):
         try:
             r = await client.post(path, json=body, headers=headers)
         except httpx.HTTPError as e:
-            return Posted(None, type(e).__name__, retries)
-        if r.status_code != 429:
-            return Posted(r, None, retries)
-        retries += 1
+            return Posted(None, type(e).__name__, retries[429], retries[503])
+        if r.status_code != 429 and not (r.status_code == 503 and "retry-after" in r.headers):
+            return Posted(r, None, retries[429], retries[503])
+        retries[r.status_code] += 1
         await asyncio.sleep(retry_after(r))
-    return Posted(None, f"429 x{max_429}", retries)
+    return Posted(None, f"429 x{max_429}", retries[429], retries[503])
 
 
 async def fetch_lists(
@@ -85,6 +89,7 @@ async def fetch_lists(
         async with sem:
             out = await post_retrying(client, "/recommend", {"user_id": user, **request}, max_429)
             served.retries_429 += out.retries_429
+            served.retries_503 += out.retries_503
             if out.response is None:
                 served.failures[out.failure or "no answer"] += 1
                 return
@@ -118,6 +123,7 @@ def service_stats(served: Served, requests: int) -> dict[str, Any]:
         "failed": sum(served.failures.values()),
         "failures": dict(served.failures),
         "retries_429": served.retries_429,
+        "retries_503": served.retries_503,
         "fallback_share": share(ok - served.fallback["none"]),
         "fallback": dict(served.fallback),
         "cold_start_share": share(served.cold_start),
@@ -154,6 +160,7 @@ class SimilarServed:
     lists: dict[str, list[str]] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     retries_429: int = 0
+    retries_503: int = 0
 
 
 async def fetch_similar(
@@ -167,6 +174,7 @@ async def fetch_similar(
         async with sem:
             out = await post_retrying(client, "/similar", {"item_id": item, "k": k})
             served.retries_429 += out.retries_429
+            served.retries_503 += out.retries_503
             if out.response is None:
                 served.failures[out.failure or "no answer"] += 1
             elif out.response.status_code != 200:

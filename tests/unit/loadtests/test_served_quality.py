@@ -167,7 +167,7 @@ def test_reg_choice_and_user_sampling() -> None:
     assert np.array_equal(users, sample_users(train, 10, seed=0))
 
 
-def test_http_loop_retries_429_and_counts_failures() -> None:
+def test_http_loop_retries_429_and_shed_503_and_counts_failures() -> None:
     calls: dict[str, int] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -177,6 +177,8 @@ def test_http_loop_retries_429_and_counts_failures() -> None:
         calls[user] = calls.get(user, 0) + 1
         if user == "slow" and calls[user] < 3:
             return httpx.Response(429, headers={"retry-after": "0"}, json={"error": "rate limit"})
+        if user == "shed" and calls[user] < 2:  # admission control: 503 with Retry-After
+            return httpx.Response(503, headers={"retry-after": "0"}, json={"error": "at capacity"})
         if user == "broken":
             return httpx.Response(503, json={"error": "down"})
         body = {
@@ -196,7 +198,7 @@ def test_http_loop_retries_429_and_counts_failures() -> None:
     served = asyncio.run(
         fetch_lists(
             "http://folio",
-            ["slow", "broken", "new"],
+            ["slow", "broken", "new", "shed"],
             5,
             "KEY",
             2,
@@ -204,8 +206,8 @@ def test_http_loop_retries_429_and_counts_failures() -> None:
             variant="fp16",
         )
     )
-    assert served.lists == {"slow": ["b1"], "new": ["b1"]}
-    assert calls["slow"] == 3 and served.retries_429 == 2
-    assert served.failures == {"503": 1} and served.cold_start == 1
-    assert served.model_versions == {"folio:v1": 2} and served.fallback == {"none": 2}
-    assert served.precisions == {"int8": 2}
+    assert served.lists == {"slow": ["b1"], "new": ["b1"], "shed": ["b1"]}
+    assert calls["slow"] == 3 and served.retries_429 == 2 and served.retries_503 == 1
+    assert served.failures == {"503": 1} and served.cold_start == 1  # a 503 without Retry-After
+    assert served.model_versions == {"folio:v1": 3} and served.fallback == {"none": 3}
+    assert served.precisions == {"int8": 3}
