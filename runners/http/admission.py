@@ -9,7 +9,7 @@ request is refused at once with 503 and ``Retry-After`` (nothing read, nothing w
 overloaded worker keeps answering the requests it admitted within their latency budget instead of
 queueing everything until every answer is late (docs/reliability.md). ``/recommend`` may use
 every slot; other routes (feedback, similar, trending, admin) only ``OTHER_SHARE`` of them, so they can
-never crowd recommendations out. Health, metrics and docs routes are not counted (``is_open``). Shadow
+never crowd recommendations out. Health, docs (``is_open``) and /metrics are not counted. Shadow
 scoring (runners/serving/fleet.py) runs only while the worker is less than half busy.
 
 ``AdmissionMiddleware`` is the outermost ASGI layer (service.py wraps BentoML's whole app with it), so a
@@ -32,6 +32,7 @@ from runners.http.logs import request_id
 from runners.platform.metrics import IN_FLIGHT, SHED
 
 PRIORITY_ROUTE = "/recommend"
+METRICS_ROUTE = "/metrics"  # never shed: an overloaded worker is what an operator needs to see
 OTHER_SHARE = 0.75
 RETRY_AFTER_S = 1
 
@@ -116,7 +117,8 @@ class AdmissionMiddleware:
         self.app, self.admission = app, admission
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        admission = self.admission() if scope["type"] == "http" and not is_open(scope["path"]) else None
+        counted = scope["type"] == "http" and not is_open(scope["path"]) and scope["path"] != METRICS_ROUTE
+        admission = self.admission() if counted else None
         if admission is None:
             await self.app(scope, receive, send)
             return

@@ -78,7 +78,7 @@ SCHEMAS: dict[str, Spec] = {
     },
 }
 # What each endpoint answers through service.problem() (status -> when), besides what every API route
-# can answer (400 validation, 401, 413, 415, 429, 500, 504).
+# can answer (400 validation, 401, 413, 415, 429, 503 at capacity, 500, 504).
 SERVICE_ERRORS: dict[str, dict[int, str]] = {
     "/recommend": {400: "unknown variant"},
     "/similar": {404: "unknown item"},
@@ -87,9 +87,9 @@ SERVICE_ERRORS: dict[str, dict[int, str]] = {
         404: "unknown item",
         409: "a withdrawn item: nothing recorded",
         429: "too much feedback for this user: nothing recorded",
-        503: "the state store is unreachable: nothing recorded",
+        503: "the state store is unreachable, or busy (with Retry-After): nothing recorded",
     },
-    "/forget": {503: "the state store is unreachable: nothing deleted"},
+    "/forget": {503: "the state store is unreachable, or busy (with Retry-After): nothing deleted"},
     "/admin/reload": {
         403: "admin endpoints are off (no FOLIO_API_KEYS)",
         409: "version refused or not reloadable",
@@ -99,7 +99,7 @@ SERVICE_ERRORS["/feedback/batch"] = SERVICE_ERRORS["/feedback"]
 _CATALOG_ERRORS = {
     403: "admin endpoints are off (no FOLIO_API_KEYS)",
     404: "withdraw / restore of a book no served version knows nor was added: nothing changed",
-    503: "the state store is unreachable: nothing changed",
+    503: "the state store is unreachable, or busy (with Retry-After): nothing changed",
 }
 SERVICE_ERRORS["/admin/catalog/books"] = {
     **_CATALOG_ERRORS,
@@ -118,6 +118,8 @@ _BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError", 
 _RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "integer"}}
 }
+_RETRY_AFTER_SHED = {"Retry-After": {**_RETRY_AFTER["Retry-After"], "required": False}}
+AT_CAPACITY = "the worker is at capacity (runners/http/admission.py): retry after Retry-After seconds"
 _AUTHENTICATE = {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "example": "Bearer"}}}
 _REQUEST_ID = {
     "X-Request-ID": {"description": "the request's id (also in the logs)", "schema": {"type": "string"}}
@@ -148,7 +150,8 @@ def _guard_errors(with_body: bool) -> dict[str, Spec]:
         "401": _json(_ref("Error"), "missing or invalid API key (when FOLIO_API_KEYS is set)", _AUTHENTICATE),
         "429": _json(_ref("Error"), "rate limit of the key (or client address) exceeded", _RETRY_AFTER),
     }
-    if with_body:
+    if with_body:  # an API route (/metrics is neither read for a body nor shed)
+        out["503"] = _json(_ref("Problem"), AT_CAPACITY, _RETRY_AFTER_SHED)
         out["413"] = _json(_ref("Error"), "body over FOLIO_MAX_BODY_BYTES (the connection is closed)")
         out["415"] = _json(_ref("Error"), "a body that is not Content-Type: application/json")
     return out
@@ -199,6 +202,8 @@ def api_responses(route: str, ok: Spec, window: Window | None = None) -> dict[st
             responses["429"] = _json(
                 _either("Error", "Problem"), f"rate limit exceeded, or {when}", _RETRY_AFTER
             )
+        elif status == 503:
+            responses["503"] = _json(_ref("Problem"), f"{AT_CAPACITY}; or {when}", _RETRY_AFTER_SHED)
         else:
             responses[str(status)] = _json(_ref("Problem"), when)
     responses["500"] = _json(_ref("Error"), "unexpected server error (logged with the request id)")

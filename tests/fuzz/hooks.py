@@ -40,7 +40,7 @@ WINDOW: dict[str, Any] = json.loads(os.environ.get("FOLIO_FUZZ_TS_WINDOW") or "{
 WINDOW_REFUSAL = re.compile(r"^ts (\S+) is outside the accepted window ")
 SENT_AT: dict[str, float] = {}  # case id -> when its request was last sent (one worker: ordered)
 UNIQUE_ID_OPERATIONS = ("POST /admin/catalog/books",)
-DUPLICATE_REFUSAL = re.compile(r"^item_id ('.*') appears twice")
+DUPLICATE_REFUSAL = re.compile(r"^item_id ('.*'|\".*\") appears twice")  # repr() uses "" when the id holds '
 
 
 @schemathesis.hook

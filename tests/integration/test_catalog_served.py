@@ -211,12 +211,14 @@ def test_every_worker_serves_a_withdrawal_within_a_second(
             assert c.post("/admin/catalog/withdraw", json={"item_ids": [gone]}).status_code == 200
         time.sleep(1.0)
         seen: set[int] = set()
-        for _ in range(12):
+        for _ in range(60):
             with client(served) as fresh:
                 assert gone not in ids(fresh.post("/recommend", json={"user_id": "u3"}).json())
                 info = fresh.post("/info", json={}).json()
                 assert info["catalog"]["revision"] == 1 and info["catalog"]["log"] == "redis"
                 seen.add(info["worker_pid"])
+            if len(pids | seen) == 2 and len(seen) >= 12:
+                break
         assert len(pids | seen) == 2, "the requests did not reach both workers"
         # a book added on one worker is known to every worker within a second (its content vector too)
         with client(served) as c:
@@ -224,9 +226,11 @@ def test_every_worker_serves_a_withdrawal_within_a_second(
             assert c.post("/admin/catalog/books", json={"books": [book]}).status_code == 200
         time.sleep(1.0)
         answered: set[int] = set()
-        for _ in range(12):
+        for _ in range(60):  # until both workers answered (which one accepts a connection is up to them)
             with client(served) as fresh:
                 r = fresh.post("/similar", json={"item_id": "new-r", "k": 3})
                 assert r.status_code == 200 and len(r.json()["items"]) == 3, r.text
                 answered.add(fresh.post("/info", json={}).json()["worker_pid"])
+            if len(answered) == 2:
+                break
         assert len(answered) == 2, "the requests did not reach both workers"

@@ -98,6 +98,7 @@ def test_health_routes_are_never_counted_nor_refused() -> None:
         await asyncio.sleep(0.01)
         app.release.set()
         assert status(await call(guard, "/readyz")) == 200
+        assert status(await call(guard, "/metrics")) == 200
         await held
         assert admission.in_flight == 0
 

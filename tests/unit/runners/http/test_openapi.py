@@ -123,8 +123,9 @@ def test_nullable_fields_are_nullable_and_30_keywords_are_used(spec: dict[str, A
 
 def test_the_documented_statuses(spec: dict[str, Any]) -> None:
     responses = spec["paths"]["/similar"]["post"]["responses"]
-    assert sorted(responses) == ["200", "400", "401", "404", "413", "415", "429", "500", "504"]
+    assert sorted(responses) == ["200", "400", "401", "404", "413", "415", "429", "500", "503", "504"]
     assert responses["429"]["headers"]["Retry-After"]["required"] is True
+    assert "at capacity" in responses["503"]["description"]  # admission control, on every API route
     assert responses["401"]["headers"]["WWW-Authenticate"]["required"] is True
     assert spec["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["text/plain"]
     assert sorted(spec["paths"]["/metrics"]["get"]["responses"]) == ["200", "401", "429"]
@@ -211,11 +212,14 @@ def test_served_window_is_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_service_errors_table_matches_service_py() -> None:
-    """Every ``problem(status, ...)`` an endpoint of service.py can return (in its body or in a
-    ``self._helper`` it calls) is in ``SERVICE_ERRORS`` for its route, and nothing else is."""
+    """Every ``problem(status, ...)`` an endpoint of service.py can return (in its body, in a
+    ``self._helper`` or a module-level helper it calls) is in ``SERVICE_ERRORS`` for its route, and
+    nothing else is."""
     tree = ast.parse((ROOT / "service.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Recommender")
     methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+    helpers = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name != "problem"}
 
     def statuses(fn: ast.AST, seen: set[str]) -> set[int]:
         found: set[int] = set()
@@ -225,6 +229,8 @@ def test_the_service_errors_table_matches_service_py() -> None:
             if isinstance(node.func, ast.Name) and node.func.id == "problem" and node.args:
                 assert isinstance(node.args[0], ast.Constant), ast.unparse(node)
                 found.add(node.args[0].value)
+            if isinstance(node.func, ast.Name) and node.func.id in helpers and node.func.id not in seen:
+                found |= statuses(helpers[node.func.id], seen | {node.func.id})  # e.g. state_refusal
             f = node.func
             own = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self"
             if own and f.attr in methods and f.attr not in seen:  # type: ignore[union-attr]
