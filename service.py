@@ -42,9 +42,10 @@ from runners.http.schemas import (
     TrendingRequest,
     TrendingResponse,
 )
-from runners.platform import bentoml_patch
+from runners.platform import bentoml_patch, tracing
 from runners.platform.bento_image import bento_image
 from runners.platform.drain import Drain
+from runners.platform.metrics import REQUEST_BUCKETS_S
 from runners.platform.settings import load_settings
 from runners.platform.threads import limit_numeric_threads
 from runners.serving.fleet import FeedbackRateLimited, Fleet, UnknownVariant, primary_tag
@@ -93,6 +94,8 @@ class FolioService(bentoml_patch.PatchedService[Any]):
     image=bento_image(Path(__file__).with_name("pyproject.toml")),
     traffic={"timeout": 30},
     workers=load_settings().workers,
+    tracing=tracing.bentoml_config(load_settings()),  # FOLIO_TRACING_*; {}: off
+    metrics={"duration": {"buckets": list(REQUEST_BUCKETS_S)}},  # 0.2: the latency SLO's bound
     service_class=FolioService,
 )
 class Recommender:
@@ -107,6 +110,7 @@ class Recommender:
         packed = None if os.environ.get(registry.MODEL_STORE_ENV) else self.stored_model
         registry.use_configured_store()  # FOLIO_MODEL_STORE: versions come from a shared store from here on
         self.settings = load_settings()
+        tracing.configure(self.settings)  # Folio's stage spans join BentoML's request spans
         limit_numeric_threads(self.settings.numeric_threads)
         self.state = open_state(
             self.settings.redis_url,
@@ -118,6 +122,8 @@ class Recommender:
             max_connections=self.settings.state_pool_size or 2 * self.settings.max_in_flight + 16,
             breaker_failures=self.settings.state_breaker_failures,
             breaker_reset_s=self.settings.state_breaker_reset_s,
+            compact_bytes=self.settings.journal_compact_bytes,
+            keep_unexported=self.settings.journal_keep_unexported,
         )
         self.catalog = open_catalog(self.state, self.settings.state_dir / "catalog.jsonl")
         self.fleet = Fleet(self.settings, self.state, self.catalog, packed)

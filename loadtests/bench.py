@@ -1,6 +1,6 @@
 """The whole benchmark in one command: every scenario of the load-test issue, then docs/benchmarks.md.
 
-    python -m loadtests.bench [--quick] [--only ceiling,triton,retrieval,growth] [--out docs]
+    python -m loadtests.bench [--quick] [--only ceiling,triton,retrieval,growth,warm] [--out docs]
 
 `--quick` writes to .folio/bench-quick unless `--out` says otherwise, so a smoke run never replaces
 the committed report. `--only` reruns some scenarios; the report keeps the other scenarios' last full
@@ -15,6 +15,7 @@ absolute figures depend on the machine, which the report names.
 2-3. triton  loadtests/triton_bench.py     INT8 / FP16 / FP32 on Triton; dynamic batching on vs off
 4. retrieval loadtests/retrieval_bench.py  FAISS exact vs ANN on 1M items
 5. growth    loadtests/growth_bench.py     p99 and RSS as the catalog and the candidates grow
+6. warm      loadtests/warm_bench.py       cache hit rate and p99 after a promotion, warming on vs off
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ SCENARIOS = {
     "triton": ("loadtests.triton_bench", "2-3. Ranking on Triton: precisions and dynamic batching"),
     "retrieval": ("loadtests.retrieval_bench", "4. Retrieval: FAISS exact vs ANN on 1M items"),
     "growth": ("loadtests.growth_bench", "5. Growth: catalog size and candidates"),
+    "warm": ("loadtests.warm_bench", "6. Cache warming after a promotion"),
 }
 QUICK = {
     "ceiling": ["--seconds", "5", "--fixed-seconds", "10", "--sweep", "25,50"],
     "triton": ["--seconds", "2"],
     "retrieval": ["--items", "100000", "--queries", "300"],
     "growth": ["--sizes", "10000,50000", "--candidates", "100,500", "--seconds", "5"],
+    "warm": ["--quick"],
 }
 
 

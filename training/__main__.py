@@ -17,7 +17,7 @@ from models.retrieval import RetrievalConfig
 from runners.platform.settings import load_settings
 from runners.state.feedback_log import open_log
 from runners.triton.repository import TARGETS, render_triton
-from training import catalog_cli
+from training import backup, catalog_cli
 from training.ablation import write_ablation
 from training.artifacts import save_run, version_run, write_run
 from training.catalog_changes import apply_catalog_changes, configured_catalog_state
@@ -333,6 +333,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=TARGETS, default="cpu")
     s.set_defaults(func=cmd_render)
     catalog_cli.add_parser(sub)
+    backup.add_parser(sub)
     return p
 
 

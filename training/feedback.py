@@ -34,7 +34,6 @@ import fcntl
 import io
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from models.events import POSITIVE_RATING, event_rating
-from runners.state.feedback_log import FeedbackLog, LogRecord, Position
+from runners.state.feedback_log import EXPORT_FILE, FeedbackLog, LogRecord, Position
 from runners.state.journal import fsync_dir, write_synced
 from training.dataset import Dataset, Interactions
 from training.loaders import _numbers, _read_csv, _require
@@ -52,7 +51,7 @@ from training.loaders import _numbers, _read_csv, _require
 log = logging.getLogger(__name__)
 
 COLUMNS = ("user_id", "book_id", "rating", "timestamp", "event")
-FILE_NAME = re.compile(r"^feedback-(redis|journal)-(\d{1,20})-(\d{1,20})\.csv$")
+FILE_NAME = EXPORT_FILE  # the checkpoint is in the name (runners/state/feedback_log.py)
 LOCK_NAME = ".export.lock"
 
 
@@ -97,7 +96,7 @@ def checkpoint(directory: Path, kind: str) -> Position | None:
 
 
 @contextmanager
-def _export_lock(directory: Path) -> Iterator[None]:
+def export_lock(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK_NAME, "a") as fh:
         try:
@@ -112,7 +111,7 @@ def _export_lock(directory: Path) -> Iterator[None]:
 
 def export_feedback(source: FeedbackLog, directory: Path) -> ExportResult:
     """Export the records of ``source`` after the last checkpoint in ``directory`` (module doc)."""
-    with _export_lock(directory):
+    with export_lock(directory):
         for stale in directory.glob(".feedback-*.tmp"):  # a run that died before its rename
             stale.unlink()
         after = checkpoint(directory, source.kind)

@@ -94,6 +94,7 @@ class Answer:
     model_version: str | None = None  # /recommend 200
     cold_start: bool | None = None  # /recommend 200
     detail: str = ""  # the start of an error answer's body
+    cached: bool | None = None  # /recommend 200: answered from the result cache
 
     @property
     def answered(self) -> bool:
@@ -130,7 +131,14 @@ def parse(route: str, status: int, headers: Any, payload: bytes) -> Answer:
         return Answer("200", retry)
     try:
         body = json.loads(payload)
-        return Answer("200", retry, body.get("fallback"), body.get("model_version"), body.get("cold_start"))
+        return Answer(
+            "200",
+            retry,
+            body.get("fallback"),
+            body.get("model_version"),
+            body.get("cold_start"),
+            cached=body.get("cached"),
+        )
     except ValueError:
         return Answer("200", retry, detail="<not json>")
 

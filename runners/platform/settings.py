@@ -11,7 +11,7 @@ import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     model_max_age_s: float = Field(
         86400.0, gt=0, description="freshness budget: /info reports a served version older than this as stale"
+    )
+    coverage_window_s: float = Field(
+        600.0, ge=10, le=7 * 86400, description="sliding window of folio_catalog_coverage_ratio, seconds"
     )
     catalog_poll_s: float = Field(
         0.25, gt=0, le=1.0, description="how often a worker checks for catalog changes made elsewhere"
@@ -83,6 +86,21 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(None, description="redis://...; unset: in-process state + local journal")
     state_dir: Path = Field(Path(".folio/state"), description="journal + embedded Triton work files")
+    # local journal compaction (runners/state/compaction.py; docs/operations.md "Backups and restore")
+    journal_compact_bytes: int = Field(
+        64 * 2**20,
+        ge=2**16,
+        le=2**40,
+        description="compact the local feedback journal at start-up once it is this large, and while "
+        "serving each time it passes this size or doubles since the last compaction",
+    )
+    journal_keep_unexported: int = Field(
+        1_000_000,
+        ge=1000,
+        le=10**9,
+        description="journal lines a compaction keeps for the feedback export past its checkpoint (as "
+        "Redis's stream keeps its newest 1,000,000): export at least that often",
+    )
     # recommendation behaviour
     candidates: int | None = Field(
         None,
@@ -119,6 +137,22 @@ class Settings(BaseSettings):
     # cache
     cache_ttl_s: float = Field(300.0, ge=0, le=86400)
     l1_size: int = Field(10_000, ge=0, le=10_000_000)
+    # cache warming (runners/serving/warmup.py): after a deploy (start-up, promotion, rollback), before it
+    # takes traffic
+    warm_users: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="precompute the default /recommend answer of this many most active users into the "
+        "cache of a newly deployed version (at most FOLIO_L1_SIZE); 0: off",
+    )
+    warm_budget_s: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="the longest one warming runs: start-up readiness and a promotion's swap wait at most "
+        "this long for it",
+    )
     # security
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="sha256 hex digests of accepted API keys (JSON list or comma list)"
@@ -140,6 +174,29 @@ class Settings(BaseSettings):
     request_head_timeout_s: float = Field(
         10.0, gt=0, le=300, description="seconds a connection may take to send a complete request head"
     )
+    # tracing (runners/platform/tracing.py): BentoML's OpenTelemetry tracing, off by default
+    tracing_exporter: Literal["none", "otlp"] = Field(
+        "none", description="none: no spans exported; otlp: OTLP over HTTP to FOLIO_TRACING_ENDPOINT"
+    )
+    tracing_endpoint: str | None = Field(
+        None, description="the collector's OTLP/HTTP URL, e.g. http://otel-collector:4318 (/v1/traces added)"
+    )
+    tracing_sample_rate: float = Field(
+        0.01, ge=0, le=1, description="share of requests traced (a sampled traceparent header is followed)"
+    )
+
+    @model_validator(mode="after")
+    def _tracing_endpoint(self) -> Settings:
+        if self.tracing_exporter == "otlp" and not self.tracing_endpoint:
+            raise ValueError("FOLIO_TRACING_EXPORTER=otlp needs FOLIO_TRACING_ENDPOINT (the collector's URL)")
+        return self
+
+    @field_validator("tracing_endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP over HTTP)")
+        return v or None
 
     @model_validator(mode="after")
     def _decay_stays_finite(self) -> Settings:

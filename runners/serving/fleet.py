@@ -43,24 +43,26 @@ from runners.http.schemas import (
 from runners.platform.metrics import (
     CATALOG_REVISION,
     CATALOG_WITHDRAWN,
-    MODEL_AGE,
     MODEL_RELOADS,
+    RECOMMENDATIONS,
     SHADOW_AGREEMENT,
     STATE_ERRORS,
     VARIANT_IMPRESSIONS,
     VARIANT_REQUESTS,
     VARIANT_SECONDS,
+    preset_series,
 )
 from runners.platform.settings import Settings
 from runners.serving.deployment import Deployment, deploy, retire
+from runners.serving.gauges import GaugeReporter
 from runners.serving.variants import PRODUCTION, Assigner, Variant, VariantConfig
+from runners.serving.warmup import warm_deployments
 from runners.stages import served_model
 from runners.stages.pipeline import CachedResult, UnknownItem
 from runners.state.catalog import CatalogChange, CatalogLog, CatalogState
 from runners.state.protocol import Event, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
-AGE_REPORT_S = 5.0  # how often folio_model_age_seconds is refreshed
 RELOAD_KEY = "admin_reload"  # shared: {"tag": version asked for, "production": the version it overrides}
 
 
@@ -107,7 +109,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._catalog_follower: asyncio.Task[None] | None = None
-        self._age_reporter: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
         self.background_allowed: Callable[[], bool] = lambda: True  # the service: the worker is not busy
 
     @property
@@ -128,13 +130,15 @@ class Fleet:
             self.apply_catalog(await self.catalog.state())
         except StateUnavailable:
             log.warning("catalog changes unknown at start-up (state store unreachable): following them")
+        await self._warm(dict(self.deployments))  # before it is ready; after the catalog (part of the keys)
         if PRODUCTION in self.deployments and self.settings.model_watch_s > 0:
             self._watcher = asyncio.create_task(self._watch())
         self._catalog_follower = asyncio.create_task(self._follow_catalog())
-        self._age_reporter = asyncio.create_task(self._report_model_age())
+        preset_series([v.name for v in self.config.variants])
+        self._gauges = asyncio.create_task(GaugeReporter(self).run())
 
     async def close(self) -> None:
-        for task in (self._watcher, self._catalog_follower, self._age_reporter):
+        for task in (self._watcher, self._catalog_follower, self._gauges):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -174,8 +178,11 @@ class Fleet:
         VARIANT_SECONDS.labels(variant=variant.name).observe(time.perf_counter() - start)
         VARIANT_REQUESTS.labels(variant=variant.name).inc()
         if isinstance(result, CachedResult):
+            RECOMMENDATIONS.labels(variant=variant.name, source="cache").inc()
             VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(result.n_items)
             return result
+        source = "cold_start" if result.cold_start else "ranked" if result.fallback == "none" else "fallback"
+        RECOMMENDATIONS.labels(variant=variant.name, source=source).inc()
         VARIANT_IMPRESSIONS.labels(variant=variant.name).inc(len(result.items))
         for shadow in self.config.shadows if self.background_allowed() else ():
             if self.assigner.sampled_for_shadow(request_id):
@@ -242,6 +249,18 @@ class Fleet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _warm(self, deployments: dict[str, Deployment], *, unserved: bool = False) -> None:
+        """Precompute the most active users' answers into these deployments' caches (never raises:
+        runners/serving/warmup.py). ``unserved``: not swapped in yet, so a shutdown closes them."""
+        try:
+            await warm_deployments(
+                deployments, self.assigner.assign, self.state, self.settings, self.background_allowed
+            )
+        except asyncio.CancelledError:
+            for dep in deployments.values() if unserved else ():
+                await dep.ranking.close(stop_timeout_s=0)
+            raise
+
     # -------------------------------------------------------------- lifecycle
     async def admin_reload(self, tag: str | None) -> tuple[str, str]:
         """/admin/reload: ``reload`` here, then recorded for every other worker's watcher."""
@@ -275,6 +294,7 @@ class Fleet:
                 log.error("refused to serve %s, still serving %s: %s", tag, current.tag, exc)
                 raise
             new.pipeline.set_catalog(self.catalog_state)
+            await self._warm({PRODUCTION: new}, unserved=True)  # before it takes traffic
             self.deployments[PRODUCTION] = new
             self.last_reload_error = None
             MODEL_RELOADS.labels(outcome="swapped").inc()
@@ -354,11 +374,6 @@ class Fleet:
             except Exception:  # an unreachable store: keep serving what we have, keep following
                 STATE_ERRORS.labels(op="catalog").inc()
                 await asyncio.sleep(1.0)
-
-    async def _report_model_age(self) -> None:
-        while True:
-            MODEL_AGE.set(time.time() - self.primary.model.created)
-            await asyncio.sleep(AGE_REPORT_S)
 
     def freshness(self) -> dict[str, Any]:
         """How old the primary version is, against the freshness budget (docs/operations.md)."""

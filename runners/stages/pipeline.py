@@ -22,16 +22,25 @@ from models.candidates import rating_weight
 from models.diversity import diversify
 from models.events import POSITIVE_RATING, TRENDING_WEIGHTS, event_rating
 from runners.http.schemas import PER_REQUEST_FIELDS, FeedbackEvent, Item, RecommendRequest, RecommendResponse
-from runners.platform.metrics import BATCH_SIZE, COLD_STARTS, FALLBACKS, FEEDBACK_EVENTS, STATE_ERRORS, timed
+from runners.platform.metrics import (
+    BATCH_SIZE,
+    COLD_STARTS,
+    FALLBACKS,
+    FEEDBACK_EVENTS,
+    FEEDBACK_WRITE_ERRORS,
+    STATE_ERRORS,
+    timed,
+)
 from runners.platform.settings import Settings
 from runners.stages import rules
 from runners.stages.cache import ResultCache
+from runners.stages.coverage import Coverage
 from runners.stages.new_books import NewBooks, place
 from runners.stages.ranking import RankingStage
 from runners.stages.retrieval import RetrievalStage, Retrieved
 from runners.stages.served_model import ServedModel
 from runners.state.catalog import Book, CatalogState, CatalogView
-from runners.state.protocol import Event, StateStore, StateUnavailable, UserSnapshot
+from runners.state.protocol import Event, StateBusy, StateStore, StateUnavailable, UserSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,7 @@ class Recommender:
         self.new_books = NewBooks.none(model.n_items, model.weights.dim)
         self.primary_genre = model.primary_genre  # of every index, new books' included
         self._encoded: dict[Book, np.ndarray] = {}
+        self.coverage = Coverage(model.n_items, settings.coverage_window_s)
 
     def set_catalog(self, state: CatalogState) -> None:
         """Serve the catalog changes of ``state`` (runners/state/catalog.py) from the next request on."""
@@ -247,6 +257,7 @@ class Recommender:
             if penalty is None:
                 penalty = self.model.diversity_penalty
             top = diversify(ranked, self.primary_genre, req.k, penalty, self.settings.max_per_genre)
+            self.coverage.record(top)
             score_of = dict(zip(ranked.tolist(), ranked_scores.tolist(), strict=True))
             why = self._reasons(top, user.history, not cold, req.genres)
             items = [self.item(i, score_of[i], r) for i, r in zip(top.tolist(), why, strict=True)]
@@ -322,6 +333,12 @@ class Recommender:
         label = f"trending in {genre}" if genre else "trending now"
         return [self.item(i, scores[i], label) for i in top.tolist()]
 
+    def coverage_ratio(self) -> float:
+        """Share of the servable catalog (trained books not withdrawn, and books added since) that computed
+        answers recommended over the coverage window."""
+        servable = np.concatenate([~self.catalog.withdrawn_mask, np.ones(len(self.new_books), dtype=bool)])
+        return self.coverage.ratio(servable)
+
     # ----------------------------------------------------------------- writes
     def feedback_events(self, events: Sequence[FeedbackEvent], variants: Sequence[str | None]) -> list[Event]:
         """The events to store, each attributed to the variant serving its user; raises InvalidEvent or
@@ -356,7 +373,12 @@ class Recommender:
     async def record(self, records: Sequence[Event]) -> int:
         """Durably record validated events (raises StateUnavailable with nothing written)."""
         with timed("feedback"):
-            await self.state.append_events(records, [TRENDING_WEIGHTS[e.event] for e in records])
+            try:
+                await self.state.append_events(records, [TRENDING_WEIGHTS[e.event] for e in records])
+            except StateUnavailable as exc:
+                reason = "busy" if isinstance(exc, StateBusy) else "unavailable"
+                FEEDBACK_WRITE_ERRORS.labels(reason=reason).inc()
+                raise
         for e in records:
             FEEDBACK_EVENTS.labels(event=e.event, variant=e.variant or "").inc()
         return len(records)

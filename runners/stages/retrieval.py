@@ -14,6 +14,7 @@ import numpy as np
 
 from models.candidates import user_candidates
 from models.features import user_features
+from runners.platform.metrics import timed
 from runners.stages.served_model import ServedModel
 
 
@@ -44,7 +45,8 @@ class RetrievalStage:
         if exclude is not None and len(exclude):
             drop[exclude] = True
         want = min(self.model.n_items, n + int(drop.sum()))
-        _, ids = self.model.index.search(vec[None, :], want)
+        with timed("ann_search"):
+            _, ids = self.model.index.search(vec[None, :], want)
         keep = (ids[0] >= 0) & ~drop[np.maximum(ids[0], 0)]
         top = ids[0][keep][:n].astype(np.int64)
         m = self.model
@@ -53,6 +55,7 @@ class RetrievalStage:
 
     def nearest(self, vector: np.ndarray, k: int, skip: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` trained items nearest ``vector`` (float32 [dim]), ``skip`` excluded."""
-        scores, ids = self.model.index.search(vector[None, :], min(self.model.n_items, k + 1))
+        with timed("ann_search"):
+            scores, ids = self.model.index.search(vector[None, :], min(self.model.n_items, k + 1))
         keep = (ids[0] >= 0) & (ids[0] != skip)
         return ids[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32)

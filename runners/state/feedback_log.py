@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from runners.state.redis_state import redact_url
 log = logging.getLogger(__name__)
 
 Position = tuple[int, int]
+EXPORT_FILE = re.compile(r"^feedback-(redis|journal)-(\d{1,20})-(\d{1,20})\.csv$")  # an export's file
 KEYED_HASH = re.compile(r"^[0-9a-f]{64}$")
 STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 BATCH = 10_000
@@ -169,6 +171,17 @@ def _keyed_hash(value: object) -> str:
     if not isinstance(value, str) or not KEYED_HASH.match(value):
         raise ValueError("a forget record without a keyed hash")
     return value
+
+
+def export_checkpoint(directory: Path, kind: str) -> Position | None:
+    """The position of the last record an export of ``kind`` read into ``directory`` (its newest file
+    name, training/feedback.py), None if none did. The journal's compaction drops no line after it."""
+    positions = [
+        (int(m[2]), int(m[3]))
+        for name in (os.listdir(directory) if directory.is_dir() else ())
+        if (m := EXPORT_FILE.match(name)) and m[1] == kind
+    ]
+    return max(positions, default=None)
 
 
 def open_log(settings: Settings) -> FeedbackLog:

@@ -1,10 +1,12 @@
 """Append-only JSON-lines journals on local disk: fsynced appends, torn-tail recovery, sequence numbers,
-and the embedded store's HMAC key file. Shared by the local state store and the local catalog log.
+the embedded store's HMAC key file, and the lock that keeps offline tools off a journal a service has
+open. Shared by the local state store and the local catalog log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -33,6 +35,30 @@ def local_hash_key(directory: Path) -> bytes:
     if len(key) < 32:
         raise ValueError(f"{path} holds no usable key: delete it to make a new one")
     return key.encode()
+
+
+class JournalBusy(RuntimeError):
+    """The journal's lock is held the other way: a service has it open, or an offline tool works on it."""
+
+
+def lock_journal(path: Path, *, exclusive: bool) -> BinaryIO:
+    """Hold ``<path>.lock`` (flock, made with its directory if missing) until the returned file is closed:
+    shared by a running store (several may share it), exclusive for an offline tool (compaction,
+    restore). Never waits: JournalBusy when it is held the other way."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "ab")  # noqa: SIM115  (the caller closes it)
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        if exclusive:
+            raise JournalBusy(f"{path} is in use (a running service or another tool holds {lock})") from None
+        raise JournalBusy(
+            f"{path} is locked by an offline tool (backup restore or journal compact holds {lock}): "
+            "start the service once it has finished"
+        ) from None
+    return fh
 
 
 MAX_SEQ = 2**62

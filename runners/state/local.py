@@ -1,6 +1,12 @@
 """The in-process backend of the state store (runners/state/protocol.py): one worker, dicts in memory,
 acknowledged feedback and forget records in an fsynced JSON-lines journal (runners/state/journal.py),
-replayed on start-up and compacted in the background after a forget.
+replayed on start-up. Compaction (runners/state/compaction.py: what it keeps) runs in the background after
+a forget and each time the journal passes ``compact_bytes`` (FOLIO_JOURNAL_COMPACT_BYTES) or doubles
+since the last one, and at start-up when a forget was left unfinished or the journal is that large.
+
+The store holds ``<journal>.lock`` shared while it is open; the offline tools (``compact_offline``,
+``python -m training backup restore``) take it exclusively, so neither runs on a journal a service has
+open.
 """
 
 from __future__ import annotations
@@ -9,26 +15,28 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from runners.platform.settings import Settings
+from runners.state.compaction import Plan, compact_catalog_file, plan, rewrite, trending_sums
+from runners.state.feedback_log import export_checkpoint
 from runners.state.journal import (
     JournalFile,
     fsync_dir,
     journal_seq,
     local_hash_key,
+    lock_journal,
     read_journal,
     read_range,
     write_synced,
 )
 from runners.state.protocol import (
-    MAX_ID_CHARS,
     Event,
     UserSnapshot,
     check_bucket,
@@ -42,16 +50,6 @@ from runners.state.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Filtered:
-    """A journal range with the purged users' lines removed."""
-
-    kept: list[bytes]
-    removed: dict[str, float]  # item -> log2 sum of the removed trending contributions
-    forgotten_again: set[str]  # purged users with a tombstone in this range
-    kept_users: set[str]  # purged users with event lines kept (sent after their tombstone)
 
 
 class LocalState:
@@ -69,8 +67,14 @@ class LocalState:
         max_buckets: int = 100_000,
         cache_fields: int = 32,
         hash_key: bytes | None = None,
+        compact_bytes: int = Settings.model_fields["journal_compact_bytes"].default,
+        keep_unexported: int = Settings.model_fields["journal_keep_unexported"].default,
+        export_dir: Path | None = None,
     ) -> None:
         self.journal_path = Path(journal_path)
+        self.compact_bytes, self.keep_unexported = compact_bytes, keep_unexported
+        # where `python -m training feedback export` writes by default: its checkpoint
+        self.export_dir = Path(export_dir) if export_dir else self.journal_path.parent / "feedback"
         self.max_history, self.half_life_s = max_history, half_life_s
         self.max_cached_users, self.max_buckets, self.cache_fields = (
             max_cached_users,
@@ -92,10 +96,19 @@ class LocalState:
         self._lock = asyncio.Lock()
         self._seq = 0  # the highest sequence number "n" in the journal (training/feedback.py's checkpoint)
         self.journal_skipped = 0  # unreadable journal lines skipped on replay (e.g. torn by a crash)
-        self._replay()
-        self._journal = JournalFile(self.journal_path)
-        if self._purge:  # a forget whose compaction did not run before the process stopped
-            self._compact_now()
+        self._held = lock_journal(self.journal_path, exclusive=False)
+        try:
+            self._replay()
+            # a journal restored from a backup older than the export files: new lines must still come
+            # after the export's checkpoint, or it would never read them
+            self._seq = max(self._seq, self._exported() or 0)
+            if self._purge or self.journal_path.stat().st_size >= self.compact_bytes:
+                self._compact_now()  # a forget whose compaction did not run, or a journal grown large
+            self._journal = JournalFile(self.journal_path)
+        except BaseException:
+            self._held.close()
+            raise
+        self._compact_at = max(self.compact_bytes, 2 * self._journal.tell())
 
     def user_key(self, user_id: str) -> str:
         return keyed_user_hash(self._key, user_id)
@@ -130,18 +143,15 @@ class LocalState:
                 if user in self._journal_users:
                     self._purge.add(user)
             self._forgotten.add(key)
+        elif op == "seq":  # left by a compaction that dropped the line with the highest n (read above)
+            pass
         elif op == "forget":  # written before keyed hashes
             self._legacy_forgotten.add(str(rec["h"]))
         elif op in ("tr", "trl"):  # anonymous trending sums of purged lines ("tr": linear, older journals)
             if float(rec.get("hl", self.half_life_s)) != self.half_life_s:
                 log.warning("journal: trending sums kept for another half-life (%s s) are dropped", rec["hl"])
                 return  # they cannot be rescaled without the events' timestamps
-            for item, s in rec["s"].items():
-                if op == "tr" and not float(s) > 0:
-                    continue
-                x = float(s) if op == "trl" else math.log2(float(s))
-                if not math.isfinite(x) or not isinstance(item, str) or len(item) > MAX_ID_CHARS:
-                    raise ValueError(f"bad trending sum {item!r}: {s!r}")
+            for item, x in trending_sums(rec, op).items():
                 self._trend[item] = log2_add(self._trend.get(item), x)
         else:
             raise ValueError(f"unknown op {op!r}")
@@ -178,6 +188,7 @@ class LocalState:
             self._seq += len(events)
             for e, x in zip(events, contributions, strict=True):
                 self._apply(e, x)
+        self._maybe_compact()
 
     async def forget(self, user_id: str) -> None:
         key = self.user_key(user_id)
@@ -189,64 +200,55 @@ class LocalState:
             self._forgotten.add(key)
             if user_id in self._journal_users:
                 self._purge.add(user_id)
-        if self._purge and (self._compactor is None or self._compactor.done()):
-            self._compactor = asyncio.create_task(self._compact_pending())
+        self._maybe_compact()
 
     # ------------------------------------------------------------ compaction
-    def _filter(self, data: bytes, purge: set[str]) -> _Filtered:
-        """Drop the lines of `purge` users that precede their last tombstone in `data`."""
-        keys = {self.user_key(u): u for u in purge}
-        lines = data.splitlines()
-        last_tomb: dict[str, int] = {}
-        for n, line in enumerate(lines):
-            if b'"forget"' in line:
-                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                    user = keys.get(json.loads(line).get("k"))
-                    if user is not None:
-                        last_tomb[user] = n
-        out = _Filtered([], {}, set(last_tomb), set())
-        for n, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-                user = rec["e"]["user_id"] if rec.get("op") == "ev" else None
-                if user in purge and n < last_tomb.get(user, -1):
-                    e, w = Event(**rec["e"]), float(rec["w"])
-                    check_events([e], [w])
-                    out.removed[e.item_id] = log2_add(
-                        out.removed.get(e.item_id), log2_weight(w, e.ts, self.half_life_s)
-                    )
-                    continue
-            except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError):
-                continue  # unreadable lines may hold anything (replay skipped them): drop them
-            if user in purge:
-                out.kept_users.add(user)
-            out.kept.append(line + b"\n")
-        return out
+    def _exported(self) -> int | None:
+        """The sequence number of the last line the feedback export read (None: no export yet)."""
+        position = export_checkpoint(self.export_dir, "journal")
+        return None if position is None else position[0]
 
-    async def compact(self) -> None:
-        """Rewrite the journal without the lines of forgotten users. Reads and filters what is on disk
-        without the lock; holds it only to copy the lines appended meanwhile and swap the files."""
+    def _plan(self, lines: list[bytes], exported: int | None) -> Plan:
+        return plan(
+            lines,
+            user_key=self.user_key,
+            max_history=self.max_history,
+            half_life_s=self.half_life_s,
+            exported=exported,
+            keep_unexported=self.keep_unexported,
+        )
+
+    def _maybe_compact(self) -> None:
+        due = self._purge or self._journal.tell() >= self._compact_at
+        if due and (self._compactor is None or self._compactor.done()):
+            self._compactor = asyncio.create_task(self._compact_pending())
+
+    async def compact(self) -> Plan:
+        """Rewrite the journal (runners/state/compaction.py: what it keeps). Reads and plans what is on
+        disk without the lock; holds it only to copy the lines appended meanwhile and swap the files."""
         async with self._lock:
-            purge, end = set(self._purge), self._journal.tell()
-        if not purge:
-            return
-        head = await asyncio.to_thread(self._filter, read_range(self.journal_path, 0, end), purge)
+            end = self._journal.tell()
+        head = await asyncio.to_thread(
+            lambda: self._plan(read_range(self.journal_path, 0, end).splitlines(), self._exported())
+        )
         tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
-        await asyncio.to_thread(write_synced, tmp, head.kept, "wb")
+        await asyncio.to_thread(write_synced, tmp, head.lines, "wb")
         async with self._lock:
-            tail_bytes = read_range(self.journal_path, end, self._journal.tell())
-            tail = await asyncio.to_thread(self._filter, tail_bytes, purge)
-            removed = head.removed
-            for item, x in tail.removed.items():
-                removed[item] = log2_add(removed.get(item), x)
-            await asyncio.to_thread(
-                self._swap, tmp, [*tail.kept, *_trending_record(removed, self.half_life_s)]
-            )
-            for user in purge:
-                if user not in tail.forgotten_again:  # forgotten again meanwhile: the next run handles it
-                    self._purge.discard(user)
-                if user not in head.kept_users | tail.kept_users:
-                    self._journal_users.discard(user)
+            tail = read_range(self.journal_path, end, self._journal.tell())
+            await asyncio.to_thread(self._swap, tmp, [tail])
+            users, forgets = set(), set()
+            for line in tail.splitlines():  # written by this process: valid
+                rec = json.loads(line)
+                if rec["op"] == "ev":
+                    users.add(rec["e"]["user_id"])
+                else:
+                    forgets.add(rec["k"])
+            self._journal_users = head.users | users
+            # forgotten again meanwhile: their older lines are still there, the next run removes them
+            self._purge = {u for u in self._purge if self.user_key(u) in forgets}
+            self._compact_at = max(self.compact_bytes, 2 * self._journal.tell())
+        log.info("journal %s compacted: %s", self.journal_path, head.summary())
+        return head
 
     def _swap(self, tmp: Path, extra: list[bytes]) -> None:
         write_synced(tmp, extra, "ab")
@@ -256,22 +258,24 @@ class LocalState:
         fsync_dir(self.journal_path.parent)
 
     async def _compact_pending(self) -> None:
-        while self._purge:
+        while True:
             try:
                 await self.compact()
             except OSError:
-                log.exception("journal compaction failed; forgotten users' lines stay until the next one")
+                log.exception("journal compaction failed; it is tried again once the journal has grown")
+                self._compact_at = self._journal.tell() + self.compact_bytes
+                return
+            if not self._purge:
                 return
 
     def _compact_now(self) -> None:
-        """compact() at construction, when nothing else can write."""
-        purge = set(self._purge)
-        done = self._filter(self.journal_path.read_bytes(), purge)
-        tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
-        write_synced(tmp, [*done.kept, *_trending_record(done.removed, self.half_life_s)], "wb")
-        self._swap(tmp, [])
+        """compact() at construction, before the journal is opened for appending."""
+        lines, _ = read_journal(self.journal_path)
+        done = self._plan(lines, self._exported())
+        rewrite(self.journal_path, done.lines)
         self._purge.clear()
-        self._journal_users -= purge - done.kept_users
+        self._journal_users = done.users
+        log.info("journal %s compacted at start-up: %s", self.journal_path, done.summary())
 
     async def settle(self) -> None:
         """Wait for a compaction in progress (tests; close() does it too)."""
@@ -286,6 +290,17 @@ class LocalState:
 
     async def history(self, user_id: str) -> list[Event]:
         return list(self._hist.get(user_id, ()))
+
+    async def active_users(self, events: int) -> dict[str, int]:
+        """The senders of the newest ``events`` feedback events held (by event time), with how many of them
+        each sent (cache warming: runners/serving/warmup.py). A forgotten user's events are gone."""
+        if events < 1:
+            raise ValueError(f"events must be >= 1, got {events}")
+        newest = sorted(((e.ts, u) for u, hist in self._hist.items() for e in hist), reverse=True)[:events]
+        counts: dict[str, int] = {}
+        for _, user in newest:
+            counts[user] = counts.get(user, 0) + 1
+        return counts
 
     async def generation(self, user_id: str) -> int:
         if user_id not in self._gen and await self.is_forgotten(user_id):
@@ -363,8 +378,43 @@ class LocalState:
         with contextlib.suppress(Exception):
             await self.settle()
         self._journal.close()
+        self._held.close()
 
 
-def _trending_record(removed: dict[str, float], half_life_s: float) -> list[bytes]:
-    """The journal line that keeps purged lines' trending contributions as anonymous per-item sums."""
-    return [json.dumps({"op": "trl", "hl": half_life_s, "s": removed}).encode() + b"\n"] if removed else []
+def compact_offline(
+    journal_path: Path,
+    *,
+    hash_key: bytes | None,
+    max_history: int,
+    half_life_s: float,
+    keep_unexported: int,
+    export_dir: Path | None = None,
+) -> dict[str, object]:
+    """Compact the feedback journal and the catalog journal beside it, with no service running on them
+    (JournalBusy otherwise). The settings must be the service's (FOLIO_MAX_HISTORY,
+    FOLIO_TRENDING_HALF_LIFE_S): a shorter history here would cut the users' histories for good."""
+    journal_path = Path(journal_path)
+    with lock_journal(journal_path, exclusive=True):
+        size = journal_path.stat().st_size if journal_path.exists() else 0
+        lines, _ = read_journal(journal_path)
+        key = hash_key or local_hash_key(journal_path.parent)
+        position = export_checkpoint(export_dir or journal_path.parent / "feedback", "journal")
+        done = plan(
+            lines,
+            user_key=lambda u: keyed_user_hash(key, u),
+            max_history=max_history,
+            half_life_s=half_life_s,
+            exported=None if position is None else position[0],
+            keep_unexported=keep_unexported,
+        )
+        rewrite(journal_path, done.lines)
+        out: dict[str, object] = {
+            "journal": str(journal_path),
+            "bytes_before": size,
+            "bytes_after": journal_path.stat().st_size,
+            **done.summary(),
+        }
+        catalog = journal_path.with_name("catalog.jsonl")
+        if catalog.exists():
+            out["catalog"] = compact_catalog_file(catalog)
+        return out

@@ -301,6 +301,25 @@ class RedisState:
             rows = await self._r.lrange(self._k("hist", user_id), 0, -1)
         return [Event.from_json(r) for r in rows]
 
+    async def active_users(self, events: int) -> dict[str, int]:
+        """The senders of the newest ``events`` entries of the feedback stream, with how many of them each
+        sent (cache warming: runners/serving/warmup.py). A forgotten user's entries are deleted with them."""
+        if events < 1:
+            raise ValueError(f"events must be >= 1, got {events}")
+        with self._guard("active_users"):
+            rows = cast(
+                list[tuple[str, dict[str, str]]], await self._r.xrevrange(self._k("feedback"), count=events)
+            )
+        counts: dict[str, int] = {}
+        for _, fields in rows:
+            try:
+                user = json.loads(fields["e"])["user_id"]
+            except (KeyError, ValueError, TypeError):  # a forget tombstone ("f"), or an unreadable entry
+                continue
+            if isinstance(user, str):
+                counts[user] = counts.get(user, 0) + 1
+        return counts
+
     async def generation(self, user_id: str) -> int:
         return (await self._read_user(user_id, with_history=False)).generation
 

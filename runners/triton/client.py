@@ -13,6 +13,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 
 from models.version import Precision
+from runners.platform import tracing
 from runners.triton.repository import model_name
 
 Client: TypeAlias = grpcaio.InferenceServerClient
@@ -58,13 +59,18 @@ async def score(
     feats: np.ndarray,
     timeout_s: float,
 ) -> np.ndarray:
-    """float32 [n] scores from the Triton model of ``precision``; raises on any failure."""
-    result = await client.infer(
-        model_name(precision),
-        ranker_inputs(ids, user, feats),
-        outputs=[grpcaio.InferRequestedOutput("scores")],
-        client_timeout=timeout_s,
-    )
+    """float32 [n] scores from the Triton model of ``precision``; raises on any failure. Traced as
+    ``triton_call`` when the request is (runners/platform/tracing.py)."""
+    model = model_name(precision)
+    with tracing.span("triton_call") as span:
+        if span is not None:
+            span.set_attributes({"folio.triton.model": model, "folio.candidates": ids.size})
+        result = await client.infer(
+            model,
+            ranker_inputs(ids, user, feats),
+            outputs=[grpcaio.InferRequestedOutput("scores")],
+            client_timeout=timeout_s,
+        )
     scores = result.as_numpy("scores")
     if scores is None or scores.size != ids.size:
         raise RuntimeError(f"Triton returned {None if scores is None else scores.shape} for {ids.size} ids")

@@ -247,6 +247,21 @@ class StoreContract:
 
         use(backend, body, hash_key=b"k" * 32)
 
+    def test_active_users_are_the_senders_of_the_newest_events(self, backend: Backend) -> None:
+        async def body(s: StateStore) -> None:
+            assert await s.active_users(10) == {}
+            await s.append_events([ev(BOB, "book-1", T0)], [1.0])
+            await s.append_events([ev(ALICE, f"book-{i}", T0 + 1 + i) for i in range(3)], [1.0] * 3)
+            await s.append_events([ev("carol-5d2e", "book-9", T0 + 10)], [1.0])
+            assert await s.active_users(10) == {ALICE: 3, BOB: 1, "carol-5d2e": 1}
+            assert await s.active_users(2) == {ALICE: 1, "carol-5d2e": 1}  # the newest two events
+            await s.forget(ALICE)
+            assert await s.active_users(10) == {BOB: 1, "carol-5d2e": 1}
+            with pytest.raises(ValueError):
+                await s.active_users(0)
+
+        use(backend, body)
+
     def test_shared_values(self, backend: Backend) -> None:
         async def body(s: StateStore) -> None:
             assert await s.get_shared("admin_reload") is None

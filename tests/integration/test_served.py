@@ -69,6 +69,46 @@ def test_every_endpoint_answers(embedded: ServedFolio) -> None:
         assert name in metrics, name
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of ``name`` whose labels include ``labels``, None if absent."""
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+def test_operations_metrics(embedded: ServedFolio) -> None:
+    """What the dashboards and alerts read (deploy/prometheus, deploy/grafana) is exported, with values."""
+    base = embedded.url
+    for n in range(8):
+        assert post(base, "/recommend", {"user_id": f"u{n}"}).json()["fallback"] == "none"
+    assert post(base, "/similar", {"item_id": "b1", "k": 3}).status_code == 200
+
+    def reported() -> bool:
+        text = httpx.get(f"{base}/metrics", timeout=30).text
+        queue = metric(text, "folio_triton_queue_seconds_total", model="ranker_int8")
+        return bool(queue and metric(text, "folio_catalog_coverage_ratio"))
+
+    wait_for(reported, 30, "no Triton times or coverage in /metrics", embedded.log_tail)
+    text = httpx.get(f"{base}/metrics").text
+    version = post(base, "/info", {}).json()["model_version"]
+    assert metric(text, "folio_model_info", variant="default", model_version=version, precision="int8") == 1
+    assert metric(text, "folio_triton_up") == 1 and metric(text, "folio_state_up") == 1
+    assert metric(text, "folio_model_max_age_seconds") == 86400
+    assert 0 < (metric(text, "folio_model_age_seconds") or 0) <= (
+        metric(text, "folio_model_promotion_age_seconds") or 0
+    ) + 1  # the test version was never promoted: both count since it was trained
+    assert (metric(text, "folio_recommendations_total", variant="default", source="ranked") or 0) >= 8
+    assert metric(text, "folio_recommendations_total", source="fallback") == 0
+    assert metric(text, "folio_feedback_write_errors_total", reason="unavailable") == 0
+    assert (metric(text, "folio_stage_seconds_count", stage="ann_search") or 0) >= 9
+    assert (metric(text, "folio_triton_inferences_total", model="ranker_int8") or 0) >= 8
+    assert (metric(text, "folio_triton_compute_seconds_total", model="ranker_int8") or 0) > 0
+    assert (metric(text, "folio_triton_executions_total", model="ranker_int8") or 0) >= 1
+    assert 0 < (metric(text, "folio_catalog_coverage_ratio") or 0) <= 1
+
+
 def test_triton_killed_falls_back_then_recovers(embedded: ServedFolio) -> None:
     base = embedded.url
     pid = post(base, "/info", {}).json()["triton"]["pid"]
