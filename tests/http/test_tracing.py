@@ -35,6 +35,8 @@ def expected_parents(server: str) -> dict[str, str]:
         "triton_call": "ranking",
         "rules": server,
     }
+
+
 CALLER_SPAN = 0xB7AD6B7169203331
 
 

@@ -96,9 +96,11 @@ def test_operations_metrics(embedded: ServedFolio) -> None:
     assert metric(text, "folio_model_info", variant="default", model_version=version, precision="int8") == 1
     assert metric(text, "folio_triton_up") == 1 and metric(text, "folio_state_up") == 1
     assert metric(text, "folio_model_max_age_seconds") == 86400
-    assert 0 < (metric(text, "folio_model_age_seconds") or 0) <= (
-        metric(text, "folio_model_promotion_age_seconds") or 0
-    ) + 1  # the test version was never promoted: both count since it was trained
+    assert (
+        0
+        < (metric(text, "folio_model_age_seconds") or 0)
+        <= (metric(text, "folio_model_promotion_age_seconds") or 0) + 1
+    )  # the test version was never promoted: both count since it was trained
     assert (metric(text, "folio_recommendations_total", variant="default", source="ranked") or 0) >= 8
     assert metric(text, "folio_recommendations_total", source="fallback") == 0
     assert metric(text, "folio_feedback_write_errors_total", reason="unavailable") == 0
