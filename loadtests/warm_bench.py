@@ -180,7 +180,7 @@ def run_once(suite: Suite, profile: Profile, warm_users: int, name: str, seed: i
     warm_s = scraped(after, "folio_cache_warm_seconds") if warmed else 0.0  # the last warming: this one
     bins = [
         {"t_s": t, **window(load.samples, swap + t, swap + t + BIN_S)}
-        for t in np.arange(-STEADY_S, end - swap, BIN_S).tolist()
+        for t in np.arange(-STEADY_S, end - swap - 1e-6, BIN_S).tolist()
     ]
     return {
         "name": name,
