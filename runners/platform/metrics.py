@@ -210,7 +210,7 @@ def preset_series(variants: list[str]) -> None:
         FEEDBACK_EVENTS.labels(event="click", variant=variant)
     for reason in ("unavailable", "busy"):
         FEEDBACK_WRITE_ERRORS.labels(reason=reason)
-    for op in ("user", "trending", "catalog", "rate_limit", "ping"):
+    for op in ("user", "trending", "catalog", "rate_limit", "ping", "cache_get", "cache_put"):
         STATE_ERRORS.labels(op=op)
     for level in ("l1", "l2"):
         for outcome in ("hit", "miss"):
