@@ -34,7 +34,6 @@ and for Redis turns the RDB into a data directory with its append-only file, rea
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -50,9 +49,10 @@ from urllib.parse import unquote, urlsplit
 import bentoml
 
 from models import registry
+from models.version import sha256
 from runners.platform.settings import Settings, load_settings
 from runners.state.feedback_log import EXPORT_FILE
-from runners.state.journal import fsync_dir, lock_journal, write_synced
+from runners.state.journal import lock_journal, replace_synced
 from runners.state.local import compact_offline
 from runners.state.redis_state import redact_url
 from training.feedback import export_lock, exported_files
@@ -63,19 +63,10 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 STATE_FILES = ("journal.jsonl", "catalog.jsonl", "user-hash.key")
 RDB = "redis/dump.rdb"
-CHUNK = 1 << 20
 
 
 class BackupError(RuntimeError):
     pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _complete_lines(path: Path) -> bytes:
@@ -89,11 +80,7 @@ def _complete_lines(path: Path) -> bytes:
 def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
     """``path`` holds ``data`` once this returns, or still what it held before (temp file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.restore.tmp")
-    write_synced(tmp, [data], "wb")
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_synced(path, [data], path.with_name(f".{path.name}.restore.tmp"), mode)
 
 
 # ------------------------------------------------------------------------------------------ create
@@ -172,7 +159,7 @@ def create_backup(
     manifest["models"] = {"production": registry.production_tag(), "versions": versions}
     manifest["feedback"] = {k: list(p) for k, p, _ in exported_files(out / "feedback")}
     manifest["files"] = {
-        str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
         for p in sorted(out.rglob("*"))
         if p.is_file()
     }
@@ -237,7 +224,7 @@ def verify_backup(src: Path) -> dict[str, Any]:
             problems.append(f"{rel}: not a file a backup holds")
         elif not path.is_file():
             problems.append(f"{rel}: missing")
-        elif path.stat().st_size != meta.get("bytes") or _sha256(path) != meta.get("sha256"):
+        elif path.stat().st_size != meta.get("bytes") or sha256(path) != meta.get("sha256"):
             problems.append(f"{rel}: size or sha256 differs from the manifest (damaged or changed)")
     problems += [f"{rel}: not in the manifest" for rel in _present(src) if rel not in files]
     need = {"local": "state/journal.jsonl", "redis": RDB}.get(kind)

@@ -33,7 +33,6 @@ import csv
 import fcntl
 import io
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import pandas as pd
 
 from models.events import POSITIVE_RATING, event_rating
 from runners.state.feedback_log import EXPORT_FILE, FeedbackLog, LogRecord, Position
-from runners.state.journal import fsync_dir, write_synced
+from runners.state.journal import replace_synced
 from training.dataset import Dataset, Interactions
 from training.loaders import _numbers, _read_csv, _require
 
@@ -169,10 +168,7 @@ def _write_atomic(path: Path, rows: list[list[str]]) -> None:
     w = csv.writer(text)
     w.writerow(COLUMNS)
     w.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_synced(tmp, [text.getvalue().encode()], "wb")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_synced(path, [text.getvalue().encode()], path.with_name(f".{path.name}.tmp"))
 
 
 # ------------------------------------------------------------------------------------------ merge

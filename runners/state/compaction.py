@@ -24,7 +24,7 @@ history needs go: the export files are then their only copy (back them up: docs/
 **Catalog journal** (runners/state/catalog.py): ``plan_catalog`` keeps each book's last upsert, the last
 withdraw of each book still withdrawn, and the final change (it carries the revision).
 
-``compact_file`` rewrites a journal atomically: temp file written and fsynced, renamed over the journal,
+``rewrite`` replaces a journal atomically: temp file written and fsynced, renamed over the journal,
 directory fsynced. A crash leaves either the old journal or the new one (and a stale temp file that the
 next compaction overwrites).
 """
@@ -34,13 +34,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runners.state.journal import fsync_dir, journal_seq, read_journal, write_synced
+from runners.state.journal import journal_seq, read_journal, replace_synced
 from runners.state.protocol import MAX_ID_CHARS, Event, check_events, log2_add, log2_weight
 
 log = logging.getLogger(__name__)
@@ -229,10 +228,7 @@ def plan_catalog(lines: Sequence[bytes]) -> list[bytes]:
 
 def rewrite(path: Path, lines: list[bytes]) -> None:
     """Replace ``path`` by ``lines`` atomically (temp file fsynced, renamed, directory fsynced)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write_synced(tmp, lines, "wb")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_synced(path, lines, path.with_name(path.name + ".tmp"))
 
 
 def compact_catalog_file(path: Path) -> dict[str, int]:

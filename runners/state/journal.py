@@ -140,6 +140,16 @@ def write_synced(path: Path, lines: list[bytes], mode: str) -> None:
         os.fsync(f.fileno())
 
 
+def replace_synced(path: Path, lines: list[bytes], tmp: Path, mode: int | None = None) -> None:
+    """``path`` holds ``lines`` once this returns, or still what it held before: ``tmp`` written and fsynced
+    (``mode``: its permissions), renamed over ``path``, the directory fsynced."""
+    write_synced(tmp, lines, "wb")
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

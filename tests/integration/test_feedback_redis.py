@@ -22,14 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 # Runs the export CLI, and kills the process (os._exit: no clean-up, as a SIGKILL) at its Nth rename.
 CRASHING_EXPORT = """
 import os, sys
-import training.feedback as feedback
+import runners.state.journal as journal  # where the export renames its files (replace_synced)
 calls, real = [0], os.replace
 def replace(src, dst):
     calls[0] += 1
     if calls[0] == int(os.environ["CRASH_AT_RENAME"]):
         os._exit(9)
     real(src, dst)
-feedback.os.replace = replace
+journal.os.replace = replace
 from training.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """

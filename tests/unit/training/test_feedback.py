@@ -15,6 +15,7 @@ import pytest
 
 from models.candidates import rating_weight
 from models.events import EVENT_RATINGS, POSITIVE_RATING, event_rating
+from runners.state import journal as journal_io
 from runners.state.feedback_log import JournalLog
 from runners.state.local import LocalState
 from runners.state.protocol import Event
@@ -91,7 +92,7 @@ def test_a_crash_before_the_rename_exports_the_same_records_next_time(
     def crash(src: object, dst: object) -> None:
         raise KeyboardInterrupt  # the process dies between writing the file and naming it
 
-    monkeypatch.setattr(feedback.os, "replace", crash)
+    monkeypatch.setattr(journal_io.os, "replace", crash)  # the rename of the export file (replace_synced)
     with pytest.raises(KeyboardInterrupt):
         run_export(journal, out)
     monkeypatch.undo()
