@@ -8,8 +8,8 @@ variant this deployment serves, skipping forgotten users. At most FOLIO_WARM_USE
 most FOLIO_L1_SIZE (more would evict the most active from the in-process cache).
 
 What: the default ``RecommendRequest`` (k=10, exclude_seen, no genre filter: what clients and the load
-mix send), through the pipeline's own path: ``Recommender.compute`` then ``ResultCache.put`` under
-``cache_params``, exactly what ``Recommender.recommend`` does on a miss minus the lookup. So the keys are
+mix send), through the pipeline's own miss path (``Recommender.fill`` under ``cache_params``), exactly
+what ``Recommender.recommend`` does on a miss, minus the lookup. So the keys are
 those a request reads, and ``folio_cache_lookups_total`` counts requests only (the warmed lists do
 count in the stage latencies, ranking fallbacks "none" and catalog coverage: they are served).
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from runners.http.schemas import PER_REQUEST_FIELDS, RecommendRequest
+from runners.http.schemas import RecommendRequest
 from runners.platform.metrics import CACHE_WARM_RUNS, CACHE_WARM_SECONDS, CACHE_WARM_USERS
 from runners.platform.settings import Settings
 from runners.serving.deployment import Deployment
@@ -104,11 +104,9 @@ async def warm_user(pipeline: Recommender, user: str, precision: str, variant: s
     if snapshot.forgotten:
         return False
     params = cache_params(req, precision, pipeline.catalog.revision)
-    response = await pipeline.compute(req, precision, variant, REQUEST_ID, snapshot)
-    if response.fallback != "none":  # recommend() does not cache fallbacks either
+    response = await pipeline.fill(req, precision, variant, REQUEST_ID, snapshot, params)
+    if response.fallback != "none":  # not cached, as on a request
         raise Stop(f"ranking fell back to {response.fallback}")
-    body = response.model_dump_json(exclude=PER_REQUEST_FIELDS)
-    await pipeline.cache.put(user, snapshot.generation, params, body)
     return True
 
 

@@ -198,9 +198,23 @@ class Recommender:
             hit = await self.cache.get(req.user_id, generation, params)
         if hit is not None:
             return CachedResult(hit, variant)
+        return await self.fill(req, precision, variant, request_id, snapshot, params)
+
+    async def fill(
+        self,
+        req: RecommendRequest,
+        precision: str,
+        variant: str,
+        request_id: str,
+        snapshot: UserSnapshot | None,
+        params: str,
+    ) -> RecommendResponse:
+        """A miss: the recommendation computed and, unless a fallback ranked it, cached under ``params`` for
+        the user's generation in ``snapshot`` (`recommend`, and cache warming: runners/serving/warmup.py)."""
         response = await self.compute(req, precision, variant, request_id, snapshot)
         if response.fallback == "none":  # fallbacks are not cached: recovery shows at once
             body = response.model_dump_json(exclude=PER_REQUEST_FIELDS)
+            generation = snapshot.generation if snapshot is not None else None
             await self.cache.put(req.user_id, generation, params, body)
         return response
 
